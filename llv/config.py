@@ -1,0 +1,272 @@
+"""Configuration: Hydra composition of ``conf/``, grid specifications, run directories.
+
+Nothing here imports torch. Every problem with the user's input becomes an
+:class:`~llv.console.LlvError` with one line that names the valid choices.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from llv.console import LlvError
+
+COMMANDS = ("train", "direction", "surface", "interpolate", "hessian", "trajectory")
+GROUPS = ("model", "dataset", "norm", "grid", "dist", "experiment")
+
+
+def conf_dir() -> Path:
+    """The config tree: ``llv/conf`` inside an installed wheel, else the repository's ``conf/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "surface.yaml").is_file():
+            return candidate
+    raise LlvError(f"llv's config files are missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, from the file names in ``conf/<group>/``."""
+    folder = conf_dir() / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def command_groups(command: str) -> list[str]:
+    """The config groups a subcommand's primary config uses (from its defaults list)."""
+    text = (conf_dir() / f"{command}.yaml").read_text()
+    return [g for g in GROUPS if re.search(rf"^\s*-\s*{g}\s*:", text, flags=re.M)]
+
+
+# Hydra's override grammar does not accept ':' in an unquoted value; grid specs are quoted here.
+_GRID_VALUE = re.compile(r"^(\+{0,2}grid\.[xy])=(?!['\"])(.*:.*)$")
+
+
+def _prepare_overrides(overrides: list[str]) -> list[str]:
+    return [_GRID_VALUE.sub(r"\1='\2'", o) for o in overrides]
+
+
+def _check_group_choices(command: str, overrides: list[str]) -> None:
+    groups = command_groups(command)
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        if key not in groups:
+            raise LlvError(f"'llv {command}' has no config group '{key}' (its groups: {', '.join(groups)})")
+        options = group_options(key)
+        if value not in options and value != "null":
+            raise LlvError(f"unknown {key} '{value}'; valid options: {', '.join(options)}")
+
+
+def compose(command: str, overrides: list[str] | None = None):
+    """Compose the config of ``command`` from ``conf/`` with Hydra overrides; validate it.
+
+    >>> cfg = compose("surface", ["grid=51x51", "norm=layer"])
+    >>> cfg.grid.x, cfg.direction.norm
+    ('-1:1:51', 'layer')
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if command not in COMMANDS:
+        raise LlvError(f"unknown command '{command}'; valid: {', '.join(COMMANDS)}")
+    overrides = list(overrides or [])
+    _check_group_choices(command, overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = hydra_compose(config_name=command, overrides=_prepare_overrides(overrides))
+    except Exception as exc:  # Hydra raises several types; all mean bad overrides here
+        raise LlvError(_hydra_message(exc, command, overrides)) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:
+        raise LlvError(f"config does not resolve: {' '.join(str(exc).split())}") from exc
+    if "grid" in cfg:
+        GridSpec.from_cfg(cfg.grid)
+    return cfg
+
+
+def _hydra_message(exc: Exception, command: str, overrides: list[str]) -> str:
+    text = " ".join(str(exc).split())
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if not unknown:
+        return text
+    key = unknown.group(1)
+    parent, _, _ = key.rpartition(".")
+    valid = _keys_at(command, [o for o in overrides if o.partition("=")[0] in GROUPS], parent)
+    where = f" under '{parent}'" if parent else ""
+    return f"unknown config key '{key}'; valid keys{where}: {', '.join(valid)} (prefix with + to add a new key)"
+
+
+def _keys_at(command: str, group_overrides: list[str], path: str) -> list[str]:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = hydra_compose(config_name=command, overrides=group_overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    node = OmegaConf.select(cfg, path) if path else cfg
+    return sorted(str(k) for k in node.keys()) if OmegaConf.is_dict(node) else []
+
+
+def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+# ---------------------------------------------------------------------------------------- grids
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a grid: ``num`` evenly spaced coordinates from ``min`` to ``max``."""
+
+    min: float
+    max: float
+    num: int
+
+    @classmethod
+    def parse(cls, spec: object, name: str = "grid.x") -> Axis:
+        """Parse ``'min:max:num'``.
+
+        >>> Axis.parse("-1:1:5").coordinates().tolist()
+        [-1.0, -0.5, 0.0, 0.5, 1.0]
+        """
+        parts = str(spec).split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            raise LlvError(f"bad grid spec {name}={spec!r}: expected min:max:num, e.g. -1:1:51") from None
+        if num < 1:
+            raise LlvError(f"bad grid spec {name}={spec!r}: num must be at least 1")
+        if num > 1 and not hi > lo:
+            raise LlvError(f"bad grid spec {name}={spec!r}: max must be greater than min")
+        if num == 1 and hi != lo:
+            raise LlvError(f"bad grid spec {name}={spec!r}: one point needs min == max")
+        return cls(lo, hi, num)
+
+    def coordinates(self):
+        import numpy as np
+
+        return np.linspace(self.min, self.max, self.num)
+
+    def __str__(self) -> str:
+        return f"{self.min:g}:{self.max:g}:{self.num}"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A 0-D (single point), 1-D or 2-D grid of direction coefficients.
+
+    Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``.
+    """
+
+    x: Axis | None
+    y: Axis | None = None
+
+    @classmethod
+    def from_cfg(cls, grid) -> GridSpec:
+        x = grid.get("x") if hasattr(grid, "get") else None
+        y = grid.get("y") if hasattr(grid, "get") else None
+        if x is None and y is not None:
+            raise LlvError("bad grid spec: grid.y is set but grid.x is null")
+        return cls(Axis.parse(x, "grid.x") if x is not None else None,
+                   Axis.parse(y, "grid.y") if y is not None else None)
+
+    @property
+    def ndim(self) -> int:
+        return 0 if self.x is None else (1 if self.y is None else 2)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.x is None:
+            return ()
+        if self.y is None:
+            return (self.x.num,)
+        return (self.y.num, self.x.num)
+
+    @property
+    def num_points(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def coefficients(self):
+        """(num_points, 2) array of (alpha, beta) in storage (row-major) order."""
+        import numpy as np
+
+        if self.x is None:
+            return np.zeros((1, 2))
+        xs = self.x.coordinates()
+        if self.y is None:
+            return np.stack([xs, np.zeros_like(xs)], axis=1)
+        ys = self.y.coordinates()
+        beta, alpha = np.meshgrid(ys, xs, indexing="ij")
+        return np.stack([alpha.ravel(), beta.ravel()], axis=1)
+
+    def describe(self) -> str:
+        if self.x is None:
+            return "a single point"
+        if self.y is None:
+            return f"1D x={self.x}"
+        return f"2D x={self.x} y={self.y} ({self.y.num}x{self.x.num})"
+
+
+# ------------------------------------------------------------------------------ run directories
+
+
+def make_run_dir(cfg, create: bool = True) -> Path:
+    """``outputs/<command>/<YYYY-MM-DD_HH-MM-SS>[_name]`` (or ``cfg.out``), with ``config.yaml``.
+
+    Also points ``outputs/<command>/latest`` at it. With ``create=False`` only the path is returned
+    (for ranks other than 0, which receive it from rank 0).
+    """
+    if cfg.get("out"):
+        run_dir = Path(str(cfg.out))
+    else:
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        suffix = f"_{cfg.name}" if cfg.get("name") else ""
+        base = Path(str(cfg.get("outputs") or "outputs")) / cfg.command
+        run_dir = base / f"{stamp}{suffix}"
+        n = 1
+        while run_dir.exists():  # two runs in one second
+            run_dir = base / f"{stamp}{suffix}-{n}"
+            n += 1
+    if not create:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    _point_latest(run_dir, Path(str(cfg.get("outputs") or "outputs")) / cfg.command)
+    return run_dir
+
+
+def _point_latest(run_dir: Path, base: Path) -> None:
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        latest = base / "latest"
+        target = os.path.relpath(run_dir.resolve(), base.resolve())
+        tmp = base / f".latest-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        pass  # a read-only or symlink-less file system keeps the run, just no 'latest'
