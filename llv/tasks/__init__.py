@@ -1,0 +1,1 @@
+"""One ``run(cfg)`` per subcommand, composed from the modules of the data path."""

@@ -1,0 +1,143 @@
+"""Checkpoints: llv's, bare and reference formats load; misfits and missing files are one line."""
+
+import hashlib
+import os
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from llv.checkpoint import (
+    default_checkpoint,
+    load_into,
+    load_state_dict,
+    save_checkpoint,
+    sha256,
+)
+from llv.console import LlvError
+
+
+def small_net(in_channels: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(in_channels, 4, 3), bn1=nn.BatchNorm2d(4), flat=nn.Flatten(),
+        fc=nn.Linear(4 * 4 * 4, 10)))
+
+
+def make_cfg(tmp_path, model="resnet8", dataset="digits", checkpoint=None):
+    return OmegaConf.create({"model": {"name": model}, "dataset": {"name": dataset},
+                             "outputs": str(tmp_path / "outputs"), "checkpoint": checkpoint,
+                             "seed": 0})
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_llv_format_round_trip_keeps_weights_and_provenance(tmp_path):
+    net = small_net()
+    net.bn1.running_mean.add_(0.5)
+    path = save_checkpoint(tmp_path / "c" / "x.pt", net, 7, make_cfg(tmp_path), {"test_acc": 91.5})
+    raw = torch.load(path, weights_only=True)  # safe loading suffices for llv's own files
+    assert set(raw) == {"state_dict", "epoch", "model", "dataset", "config", "metrics"}
+    assert (raw["epoch"], raw["model"], raw["dataset"]) == (7, "resnet8", "digits")
+    assert "name: resnet8" in raw["config"] and raw["metrics"] == {"test_acc": 91.5}
+    other = small_net()
+    nn.init.zeros_(other.fc.weight)
+    meta = load_into(other, path)
+    assert_same_state(other.state_dict(), net.state_dict())
+    assert meta["epoch"] == 7 and "state_dict" not in meta
+    assert [p.name for p in path.parent.iterdir()] == ["x.pt"]  # no temporary file left behind
+
+
+def test_save_replaces_an_existing_file_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "x.pt"
+    save_checkpoint(path, small_net(), 1)
+    before = path.read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, small_net(), 2)
+    assert path.read_bytes() == before  # the old file is intact, and no temporary file remains
+    assert os.listdir(tmp_path) == ["x.pt"]
+
+
+def test_bare_state_dict_loads(tmp_path):
+    net = small_net()
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    state, meta = load_state_dict(tmp_path / "bare.pt")
+    assert meta == {}
+    assert_same_state(state, net.state_dict())
+
+
+def test_reference_t7_with_module_prefix_and_numpy_acc_loads(tmp_path, caplog):
+    net = small_net()
+    state = {"module." + k: v for k, v in net.state_dict().items()
+             if not k.endswith("num_batches_tracked")}  # 2018 files predate this buffer
+    # The reference stores acc as a NumPy scalar: safe loading refuses it, the fallback reads it.
+    torch.save({"state_dict": state, "acc": np.float64(93.1), "epoch": 300}, tmp_path / "model_300.t7")
+    other = small_net()
+    nn.init.zeros_(other.conv1.weight)
+    with caplog.at_level("DEBUG", logger="llv"):
+        meta = load_into(other, tmp_path / "model_300.t7")
+    assert float(meta["acc"]) == pytest.approx(93.1) and meta["epoch"] == 300
+    assert torch.equal(other.conv1.weight, net.conv1.weight)
+    assert torch.equal(other.bn1.running_var, net.bn1.running_var)
+    assert "legacy pickle" in caplog.text
+
+
+def test_misfitting_checkpoint_names_missing_unexpected_and_misshaped_keys(tmp_path):
+    path = save_checkpoint(tmp_path / "x.pt", small_net(in_channels=3), 0)
+    model = small_net(in_channels=1)
+    model.add_module("extra", nn.Linear(2, 2))
+    with pytest.raises(LlvError) as error:
+        load_into(model, path, model_name="resnet56")
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"checkpoint {path} does not fit model resnet56" in message
+    assert "missing extra.weight, extra.bias" in message
+    assert "shape conv1.weight [4,3,3,3] (checkpoint) vs [4,1,3,3] (model)" in message
+    reduced = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 4, 3)))
+    with pytest.raises(LlvError, match=r"unexpected bn1\.weight, bn1\.bias, bn1\.running_mean \(\+4 more\)"):
+        load_into(reduced, path)
+
+
+def test_missing_file_and_foreign_content_are_one_line_errors(tmp_path):
+    with pytest.raises(LlvError, match=f"checkpoint {tmp_path / 'nope.pt'} does not exist"):
+        load_state_dict(tmp_path / "nope.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(LlvError, match="is not a PyTorch checkpoint"):
+        load_state_dict(tmp_path / "text.pt")
+    torch.save({"weights": [1, 2]}, tmp_path / "other.pt")
+    with pytest.raises(LlvError, match=r"has no state_dict \(its keys: weights\)"):
+        load_state_dict(tmp_path / "other.pt")
+
+
+def test_sha256_equals_hashlib(tmp_path):
+    data = os.urandom(3 * (1 << 20) + 17)  # more than one read block
+    (tmp_path / "blob").write_bytes(data)
+    assert sha256(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_default_checkpoint_takes_latest_final_only_when_names_match(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(LlvError, match="final.pt is missing: run `llv train model=resnet8 dataset=digits`"):
+        default_checkpoint(cfg)
+    run = tmp_path / "outputs" / "train" / "2024-01-01_00-00-00"
+    final = save_checkpoint(run / "final.pt", small_net(), 3, cfg)
+    (tmp_path / "outputs" / "train" / "latest").symlink_to(run.name)
+    assert default_checkpoint(cfg).resolve() == final.resolve()
+    with pytest.raises(LlvError, match="trained for model resnet8 on digits, not mlp on digits"):
+        default_checkpoint(make_cfg(tmp_path, model="mlp"))
+    with pytest.raises(LlvError, match="not resnet8 on cifar10"):
+        default_checkpoint(make_cfg(tmp_path, dataset="cifar10"))
+    given = tmp_path / "mine.pt"
+    assert default_checkpoint(make_cfg(tmp_path, model="mlp", checkpoint=str(given))) == given
