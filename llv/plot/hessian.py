@@ -1,0 +1,169 @@
+"""Curvature figures: the |λmin/λmax| map over a grid (paper §6) and the eigenvalue density.
+
+The ratio tells how non-convex the landscape is at each point: near 0 the Hessian has (almost)
+no negative curvature relative to its positive curvature; large values mean strong
+non-convexity. The density plot follows PyHessian's (Yao et al., 2020) figure: the smoothed
+stochastic-Lanczos-quadrature estimate on a log axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from llv.console import LlvError
+from llv.plot._figure import (
+    PlotOptions,
+    add_colorbar,
+    contour_levels,
+    new_figure,
+    save_figure,
+    value_range,
+)
+from llv.plot.io import HessianPoint, Surface, load_hessian_point, load_surface
+from llv.plot.surface import draw_map
+
+RATIO_LABEL = "|λmin / λmax|"
+
+
+def eigen_ratio(surface: Surface) -> np.ndarray:
+    """|λmin/λmax| on the grid (NaN where either is missing or λmax is 0)."""
+    if "max_eig" not in surface.values or "min_eig" not in surface.values:
+        raise LlvError(
+            f"{surface.path} has no max_eig/min_eig: not a Hessian grid "
+            "(make one with 'llv hessian ... grid=21x21')"
+        )
+    largest, smallest = surface.grid("max_eig"), surface.grid("min_eig")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(smallest / largest)
+    ratio[~np.isfinite(ratio)] = np.nan
+    return ratio
+
+
+def figure_hessian(surface: Surface, options: PlotOptions) -> Figure:
+    """The |λmin/λmax| map (heatmap with contour lines), or a curve along α for 1-D grids."""
+    ratio = eigen_ratio(surface)
+    if options.vmin is None and not options.log:
+        options = dataclasses.replace(options, vmin=0.0)
+    figure = new_figure(6.0, 4.8)
+    ax = figure.add_subplot()
+    if not surface.is_2d:
+        ax.plot(surface.x, ratio, color="tab:purple", marker=".", label=RATIO_LABEL)
+        if options.log:
+            ax.set_yscale("log")
+        ax.set_ylim(options.vmin, options.vmax)
+        ax.set_xlabel("α")
+        ax.set_ylabel(RATIO_LABEL)
+    else:
+        low, high = value_range(ratio, options)
+        heat = draw_map(ax, surface, ratio, "heatmap", np.array([low, high]), options)
+        levels = contour_levels(ratio, options, nbins=6)
+        lines = ax.contour(
+            surface.x,
+            surface.y,
+            np.ma.masked_invalid(ratio),
+            levels=levels,
+            colors="w",
+            linewidths=0.5,
+            alpha=0.7,
+        )
+        if len(lines.levels) <= 12:
+            ax.clabel(lines, inline=True, fontsize=7, fmt="%.2g")
+        add_colorbar(figure, heat, ax=ax, label=RATIO_LABEL)
+    ax.set_title(f"{surface.describe()} · {RATIO_LABEL}")
+    return figure
+
+
+def spectral_density(
+    nodes: np.ndarray, weights: np.ndarray, num: int = 1000, sigma: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-smoothed density of stochastic Lanczos quadrature nodes, averaged over runs.
+
+    ``nodes`` and ``weights`` are (runs, steps); sigma defaults to 1 % of the spectrum's range.
+    The density integrates to 1 over the returned grid.
+    """
+    nodes, weights = np.atleast_2d(nodes).astype(float), np.atleast_2d(weights).astype(float)
+    if nodes.shape != weights.shape:
+        raise LlvError(f"density_nodes {nodes.shape} and density_weights {weights.shape} differ")
+    low, high = float(nodes.min()), float(nodes.max())
+    if sigma is None:
+        sigma = 0.01 * (high - low) if high > low else max(0.01 * abs(high), 1e-6)
+    grid = np.linspace(low - 5 * sigma, high + 5 * sigma, num)
+    kernel = np.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / sigma) ** 2)
+    kernel /= sigma * np.sqrt(2 * np.pi)
+    density = (weights[..., None] * kernel).sum(axis=1).mean(axis=0)
+    density /= np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))
+    return grid, density
+
+
+def point_title(point: HessianPoint) -> str:
+    parts = [str(point.attrs[k]) for k in ("model", "dataset") if point.attrs.get(k)]
+    return " · ".join(parts) if parts else point.path.name
+
+
+def figure_spectrum(point: HessianPoint, options: PlotOptions) -> Figure:
+    """Eigenvalue density on a log axis, the top eigenvalues as ticks along the bottom."""
+    if point.density is not None and point.density_grid is not None:
+        grid, density = point.density_grid.ravel(), point.density.ravel()
+    elif point.density_nodes is not None and point.density_weights is not None:
+        grid, density = spectral_density(point.density_nodes, point.density_weights)
+    else:
+        raise LlvError(f"{point.path} has no spectral density (density_nodes/density_weights)")
+    positive = density[density > 0]
+    floor = float(positive.max()) * 1e-7 if positive.size else 1e-12
+    figure = new_figure(6.4, 4.4)
+    ax = figure.add_subplot()
+    ax.semilogy(
+        grid, np.maximum(density, floor), color="tab:blue", linewidth=1.2, label="density (SLQ)"
+    )
+    if point.eigenvalues.size:
+        ax.plot(
+            point.eigenvalues,
+            np.full(point.eigenvalues.shape, floor * 3),
+            "|",
+            color="tab:red",
+            markersize=14,
+            label=f"top-{point.eigenvalues.size} eigenvalues",
+        )
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log scale)")
+    if options.vmin is not None or options.vmax is not None:
+        ax.set_xlim(options.vmin, options.vmax)
+    notes = []
+    for key, symbol in (("lambda_max", "λmax"), ("lambda_min", "λmin")):
+        if point.attrs.get(key) is not None:
+            notes.append(f"{symbol} = {float(point.attrs[key]):.4g}")
+    if point.attrs.get("trace") is not None:
+        trace = f"trace = {float(point.attrs['trace']):.4g}"
+        if point.attrs.get("trace_stderr") is not None:
+            trace += f" ± {float(point.attrs['trace_stderr']):.2g}"
+        notes.append(trace)
+    if notes:
+        ax.text(
+            0.98,
+            0.97,
+            "\n".join(notes),
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize="small",
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
+        )
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(f"Hessian eigenvalue density · {point_title(point)}")
+    return figure
+
+
+def plot_hessian(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
+    """``llv plot hessian``: |λmin/λmax| over a Hessian grid file."""
+    (path,) = paths
+    return [save_figure(figure_hessian(load_surface(path), options), out, options.fmt)]
+
+
+def plot_spectrum(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
+    """``llv plot spectrum``: the eigenvalue density of a Hessian point file."""
+    (path,) = paths
+    return [save_figure(figure_spectrum(load_hessian_point(path), options), out, options.fmt)]

@@ -1,0 +1,92 @@
+"""The optimizer's path projected on its top-2 principal directions, over the loss contours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from llv.console import LlvError, log
+from llv.plot._figure import (
+    PlotOptions,
+    add_colorbar,
+    contour_levels,
+    metric_label,
+    new_figure,
+    save_figure,
+)
+from llv.plot.io import Projection, Surface, load_projection, load_surface
+from llv.plot.surface import draw_map, require_2d
+
+
+def axis_label(ordinal: str, ratio: float | None) -> str:
+    """``1st PC: 53.20 %`` from an explained-variance ratio (a fraction).
+
+    >>> axis_label("1st", 0.532)
+    '1st PC: 53.20 %'
+    """
+    return f"{ordinal} PC" if ratio is None else f"{ordinal} PC: {100 * ratio:.2f} %"
+
+
+def figure_trajectory(
+    projection: Projection, surface: Surface | None, options: PlotOptions
+) -> Figure:
+    """The path (line and dots) over the contours of ``surface``; red dots at lr drops."""
+    figure = new_figure(6.0, 4.8)
+    ax = figure.add_subplot()
+    if surface is not None:
+        require_2d(surface, "trajectory")
+        metric = surface.default_metric()
+        values = surface.grid(metric)
+        mappable = draw_map(
+            ax, surface, values, "contour", contour_levels(values, options), options
+        )
+        add_colorbar(figure, mappable, ax=ax, label=metric_label(metric))
+    ax.plot(
+        projection.x, projection.y, color="k", linewidth=1.0, marker=".", markersize=4, label="path"
+    )
+    ax.plot(
+        projection.x[:1],
+        projection.y[:1],
+        "o",
+        color="tab:green",
+        markersize=6,
+        label=f"epoch {projection.epochs[0]}" if projection.epochs.size else "start",
+    )
+    ax.plot(projection.x[-1:], projection.y[-1:], "*", color="k", markersize=10, label="final")
+    drops = np.isin(projection.epochs, projection.lr_drop_epochs)
+    if drops.any():
+        ax.plot(
+            projection.x[drops],
+            projection.y[drops],
+            "o",
+            color="red",
+            markersize=5,
+            linestyle="none",
+            label="lr drop",
+        )
+    ratio = projection.explained_variance_ratio
+    first = float(ratio[0]) if ratio is not None and ratio.size > 0 else None
+    second = float(ratio[1]) if ratio is not None and ratio.size > 1 else None
+    ax.set_xlabel(axis_label("1st", first))
+    ax.set_ylabel(axis_label("2nd", second))
+    ax.legend(loc="best", fontsize="small")
+    title = surface.describe() if surface is not None else projection.path.parent.name
+    ax.set_title(f"optimization path · {title}")
+    return figure
+
+
+def plot_trajectory(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
+    """``llv plot trajectory PROJECTION [SURFACE]``: the surface defaults to the projection's own."""
+    if len(paths) > 2:
+        raise LlvError("'trajectory' takes a projection file and at most one surface file")
+    projection = load_projection(paths[0])
+    surface = None
+    if len(paths) == 2:
+        surface = load_surface(paths[1])
+    elif projection.surface_file is not None and projection.surface_file.exists():
+        surface = load_surface(projection.surface_file)
+    elif projection.surface_file is not None:
+        log.warning("surface file %s not found; drawing the path alone", projection.surface_file)
+    return [save_figure(figure_trajectory(projection, surface, options), out, options.fmt)]
