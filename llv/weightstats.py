@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llv.console import LlvError, log
+from llv.checkpoint import load_state_dict
+from llv.console import LlvError
 
 __all__ = [
     "WeightStats",
@@ -55,29 +56,6 @@ def checkpoint_files(run_dir: Path) -> list[tuple[int, Path]]:
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
-
-
-def load_state_dict(path: Path) -> dict:
-    """The state dict in an llv checkpoint, a reference ``{'state_dict': ...}`` or a bare one."""
-    import pickle
-
-    import torch
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Older checkpoints may pickle config objects; these are the user's own training outputs.
-        log.debug("%s holds more than tensors; loading it with weights_only=False", path)
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise LlvError(f"cannot read checkpoint {path}: {exc}") from None
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not any(torch.is_tensor(v) for v in payload.values()):
-        raise LlvError(
-            f"{path} holds no state dict (expected a dict of tensors or {{'state_dict': ...}})"
-        )
-    return payload
 
 
 def select_weights(state_dict: dict, include: str = "weights") -> dict:
@@ -119,6 +97,8 @@ def compute_weight_stats(
     The final model is ``final.pt``, else the last epoch checkpoint. ``range`` defaults to the
     weights' own (min, max), so the counts sum to the number of weights.
     """
+    if include not in INCLUDE:
+        raise LlvError(f"unknown include '{include}'; valid: {', '.join(INCLUDE)}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LlvError(f"not a train run folder: {run_dir}")
@@ -130,11 +110,9 @@ def compute_weight_stats(
                 f"no checkpoints in {run_dir}: expected checkpoints/epoch_NNN.pt and final.pt"
             )
         final = epochs[-1][1]
-    norms = [weight_norm(select_weights(load_state_dict(p), include)) for _, p in epochs]
-    import torch
-
-    selected = select_weights(load_state_dict(final), include)
-    values = torch.cat([t.detach().reshape(-1).double() for t in selected.values()]).numpy()
+    norms = [weight_norm(select_weights(load_state_dict(p)[0], include)) for _, p in epochs]
+    selected = select_weights(load_state_dict(final)[0], include)
+    values = np.concatenate([t.detach().reshape(-1).double().numpy() for t in selected.values()])
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         raise LlvError(f"{final}: no finite weights")

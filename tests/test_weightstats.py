@@ -139,7 +139,7 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     with pytest.raises(LlvError, match="unknown include 'biases'"):
         compute_weight_stats(tmp_path / "run", include="biases")
     torch.save([1, 2, 3], tmp_path / "run" / "final.pt")
-    with pytest.raises(LlvError, match="holds no state dict"):
+    with pytest.raises(LlvError, match="not a state_dict"):
         compute_weight_stats(tmp_path / "run")
     (tmp_path / "text.h5").write_text("no")
     with pytest.raises(LlvError, match="not an HDF5 file"):
