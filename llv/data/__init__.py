@@ -1,0 +1,19 @@
+"""Data sets: the images every command trains on or evaluates, read once, kept as tensors.
+
+``load_split`` gives a map-style ``Dataset`` for training (augmented on tensors);
+``load_eval_data`` gives an :class:`EvalData` with the whole (or a seeded subset of a) split
+on the device, for the grid engine. Data sets (``dataset=<name>``): ``digits`` (bundled with
+scikit-learn, the default), ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist`` (read from
+``dataset.root`` in torchvision's on-disk formats; ``dataset.download=true`` fetches them with
+torchvision), ``synthetic`` (seeded, any shape) and ``folder`` (torchvision's ImageFolder layout).
+
+>>> from llv.data import DATASET_NAMES
+>>> DATASET_NAMES[0]
+'digits'
+"""
+
+from llv.data.evaluation import EvalData, load_eval_data
+from llv.data.loading import DATASET_NAMES, clear_cache
+from llv.data.training import ImageSplit, load_split
+
+__all__ = ["DATASET_NAMES", "EvalData", "ImageSplit", "clear_cache", "load_eval_data", "load_split"]
