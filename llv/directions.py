@@ -1,0 +1,240 @@
+"""Plot directions: random (seeded, drawn on the CPU), target, from a file; normalizations; files.
+
+A direction is a list of tensors aligned with a :class:`~llv.params.ParameterSpace`. A set of
+directions has one or two axes (x, y) per ensemble member; member ``k`` of an ensemble uses
+``direction.seed + k``, so it equals a single run with that seed.
+
+Direction file (HDF5, the reference implementation's layout): groups ``xdirection`` and
+``ydirection`` holding datasets ``"0"``, ``"1"``, … in the space's order; ensemble member
+``k > 0`` adds groups ``xdirection_k`` / ``ydirection_k``. Root attrs: ``kind``, ``norm``,
+``ignore``, ``type``, ``seed``, ``checkpoint_sha256``, ``ensemble``, ``names``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llv.console import LlvError, log
+from llv.params import ParameterSpace, flatten
+
+NORMALIZATIONS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
+IGNORE = ("biasbn", "none")
+_EPS = 1e-10  # as the reference: keeps a zero filter from dividing by zero
+
+
+@dataclass
+class Directions:
+    """``axes`` = [x0, y0, x1, y1, …] (member-major); ``ndim`` axes per member."""
+
+    space: ParameterSpace
+    axes: list[list[torch.Tensor]]
+    ndim: int
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def ensemble(self) -> int:
+        return len(self.axes) // self.ndim
+
+    def flat(self, dtype=torch.float32) -> torch.Tensor:
+        """(len(axes), P) matrix of the flattened perturbed entries."""
+        return torch.stack([flatten(self.space, [t.to(dtype) for t in axis]) for axis in self.axes])
+
+    def digest(self) -> str:
+        """SHA-256 of the direction values (float32 bytes), for provenance and resume checks."""
+        h = hashlib.sha256()
+        for axis in self.axes:
+            for t in axis:
+                h.update(np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy()).tobytes())
+        return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ normalizations
+
+
+def normalize(direction: list[torch.Tensor], values: list[torch.Tensor], norm: str = "filter",
+              ignore: str = "biasbn") -> list[torch.Tensor]:
+    """Rescale a direction tensor by tensor (SPEC §3); returns new tensors.
+
+    Tensors of one dimension or fewer (biases, BN weights/statistics) become zero
+    (``ignore="biasbn"``) or equal to θ (``ignore="none"``, the reference's choice).
+
+    >>> w = [torch.tensor([[3.0, 4.0], [0.0, 1.0]])]
+    >>> normalize([torch.tensor([[1.0, 0.0], [0.0, 2.0]])], w, "filter")[0]
+    tensor([[5., 0.],
+            [0., 1.]])
+    """
+    if norm not in NORMALIZATIONS:
+        raise LlvError(f"unknown norm '{norm}'; valid: {', '.join(NORMALIZATIONS)}")
+    if ignore not in IGNORE:
+        raise LlvError(f"unknown direction.ignore '{ignore}'; valid: {', '.join(IGNORE)}")
+    out = []
+    for d, w in zip(direction, values):
+        d = d.to(torch.float32)
+        if not w.is_floating_point():
+            out.append(torch.zeros(w.shape))
+        elif w.dim() <= 1:
+            out.append(torch.zeros_like(d) if ignore == "biasbn" else w.detach().to(d).clone())
+        else:
+            out.append(_NORMALIZE[norm](d, w.detach().to(d)))
+    return out
+
+
+def _filter(d, w):
+    dims = tuple(range(1, d.dim()))
+    return d / (torch.linalg.vector_norm(d, dim=dims, keepdim=True) + _EPS) * torch.linalg.vector_norm(w, dim=dims, keepdim=True)
+
+
+def _dfilter(d, w):
+    dims = tuple(range(1, d.dim()))
+    return d / (torch.linalg.vector_norm(d, dim=dims, keepdim=True) + _EPS)
+
+
+_NORMALIZE: dict[str, Callable] = {
+    "filter": _filter,
+    "layer": lambda d, w: d / (d.norm() + _EPS) * w.norm(),
+    "weight": lambda d, w: d * w,
+    "dfilter": _dfilter,
+    "dlayer": lambda d, w: d / (d.norm() + _EPS),
+    "none": lambda d, w: d.clone(),
+}
+
+
+# ------------------------------------------------------------------------------ kinds of direction
+
+
+def axis_seed(seed: int, axis: int) -> int:
+    """Independent streams for x (axis 0) and y (axis 1) from one user seed."""
+    return int(np.random.SeedSequence([int(seed), int(axis)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def random_direction(space: ParameterSpace, seed: int) -> list[torch.Tensor]:
+    """Gaussian N(0, 1) tensors drawn on the CPU with a private generator (same on any device)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator) if floating else torch.zeros(shape)
+            for shape, floating in zip(space.shapes, space.floating)]
+
+
+def target_direction(space: ParameterSpace, values_a, values_b) -> list[torch.Tensor]:
+    """θ_B − θ_A (zero on integer entries)."""
+    return [(b.to(torch.float32) - a.to(torch.float32)) if a.is_floating_point() else torch.zeros(a.shape)
+            for a, b in zip(values_a, values_b)]
+
+
+def orthogonalize(x: list[torch.Tensor], y: list[torch.Tensor], space: ParameterSpace) -> list[torch.Tensor]:
+    """Gram-Schmidt: y − (y·x / x·x) x over the perturbed entries."""
+    fx, fy = flatten(space, x).double(), flatten(space, y).double()
+    coefficient = float(fy @ fx / (fx @ fx))
+    return [b - coefficient * a for a, b in zip(x, y)]
+
+
+def make_random(space: ParameterSpace, values, ndim: int, seed: int = 0, norm: str = "filter",
+                ignore: str = "biasbn", ensemble: int = 1, orthogonal: bool = False) -> Directions:
+    """Seeded, normalized random directions (member k uses seed + k)."""
+    axes = []
+    for member in range(ensemble):
+        member_axes = [normalize(random_direction(space, axis_seed(seed + member, a)), values, norm, ignore)
+                       for a in range(ndim)]
+        if orthogonal and ndim == 2:
+            member_axes[1] = orthogonalize(member_axes[0], member_axes[1], space)
+        axes += member_axes
+    attrs = {"kind": "random", "norm": norm, "ignore": ignore, "type": space.type, "seed": int(seed),
+             "ensemble": int(ensemble), "orthogonalize": bool(orthogonal)}
+    return Directions(space, axes, ndim, attrs)
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def save(directions: Directions, path: str | Path, extra_attrs: dict | None = None) -> Path:
+    """Write a direction file atomically (a killed run never leaves half a file)."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        for index, axis in enumerate(directions.axes):
+            member, a = divmod(index, directions.ndim)
+            group = f.create_group(_group_name(a, member))
+            for i, t in enumerate(axis):
+                group.create_dataset(str(i), data=t.detach().cpu().numpy())
+        attrs = {**directions.attrs, **(extra_attrs or {})}
+        attrs.setdefault("ensemble", directions.ensemble)
+        attrs["names"] = list(directions.space.names)
+        attrs["sha256"] = directions.digest()
+        for key, value in attrs.items():
+            f.attrs[key] = "null" if value is None else value
+    os.replace(tmp, path)
+    return path
+
+
+def _group_name(axis: int, member: int) -> str:
+    base = "xdirection" if axis == 0 else "ydirection"
+    return base if member == 0 else f"{base}_{member}"
+
+
+def load(path: str | Path, space: ParameterSpace, ndim: int | None = None) -> Directions:
+    """Read llv's or the reference implementation's direction file, checked against ``space``."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise LlvError(f"direction file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise LlvError(f"{path} is not an HDF5 direction file") from None
+    with f:
+        if "xdirection" not in f:
+            raise LlvError(f"{path} is not a direction file (no 'xdirection' group)")
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        file_ndim = 2 if "ydirection" in f else 1
+        ndim = file_ndim if ndim is None else ndim
+        if ndim > file_ndim:
+            raise LlvError(f"direction file {path} has only an x direction but the grid is 2D")
+        ensemble = int(attrs.get("ensemble", 1) or 1)
+        axes = []
+        for member in range(ensemble):
+            for a in range(ndim):
+                axes.append(_read_axis(f[_group_name(a, member)], space, path))
+    attrs.setdefault("kind", "file")
+    attrs.setdefault("type", space.type)
+    return Directions(space, axes, ndim, attrs)
+
+
+def _read_axis(group, space: ParameterSpace, path: Path) -> list[torch.Tensor]:
+    count = len(group.keys())
+    if count != len(space.names):
+        other = "states" if space.type == "weights" else "weights"
+        raise LlvError(f"direction file {path} has {count} tensors, the model's {space.type} have "
+                       f"{len(space.names)} (is it direction.type={other}, or for another model?)")
+    tensors = []
+    for i, (name, shape) in enumerate(zip(space.names, space.shapes)):
+        data = torch.from_numpy(np.asarray(group[str(i)][()], dtype=np.float32))
+        if data.shape != torch.Size(shape):
+            raise LlvError(f"direction file {path}: tensor {i} ({name}) has shape {list(data.shape)}, "
+                           f"the model's is {list(shape)}")
+        tensors.append(data)
+    return tensors
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return None if value == "null" else value
+
+
+def log_summary(directions: Directions) -> None:
+    a = directions.attrs
+    log.info(f"directions: kind={a.get('kind')} type={directions.space.type} norm={a.get('norm')} "
+             f"ignore={a.get('ignore')} axes={directions.ndim} ensemble={directions.ensemble}")

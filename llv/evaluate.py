@@ -1,0 +1,157 @@
+"""Loss and accuracy at a batch of grid points: θ + Σ_j c_j d_j, evaluated functionally.
+
+The model is never modified: every point's tensors are computed from kept copies of θ and the
+directions and passed to :func:`torch.func.functional_call`; several points share one pass with
+:func:`torch.func.vmap` (``points_per_batch``). Sums stay on the device (float64) until a whole
+batch of points is done, so there is no host-device synchronisation per data batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from llv.console import LlvError
+from llv.params import ParameterSpace, flatten, full_state, unflatten
+
+LOSSES = ("ce", "mse")
+PRECISIONS = ("fp32", "fp64", "tf32", "bf16")
+
+
+def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """Per-example loss over the last (class) dimension.
+
+    ``ce``: cross-entropy. ``mse``: mean over classes of (output − one-hot)², on the raw outputs,
+    so a linear model's loss is an exact quadratic in its parameters (the reference applied a
+    softmax first).
+
+    >>> per_sample_loss(torch.zeros(1, 2), torch.tensor([0]), "mse")
+    tensor([0.5000])
+    """
+    if loss == "ce":
+        flat = logits.reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat.float() if flat.dtype == torch.bfloat16 else flat,
+                               targets.expand(logits.shape[:-1]).reshape(-1),
+                               reduction="none").reshape(logits.shape[:-1])
+    if loss == "mse":
+        one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+        return ((logits - one_hot) ** 2).mean(dim=-1)
+    raise LlvError(f"unknown loss '{loss}'; valid: {', '.join(LOSSES)}")
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+
+class PointEvaluator:
+    """Evaluates ``loss``, ``acc`` (percent) and ``loss_se`` of each split at grid points.
+
+    Args:
+        model: the network; put in eval mode (BatchNorm uses its running statistics).
+        space: which tensors the directions perturb.
+        base: θ as ``name -> tensor`` for ``space.names`` (the checkpoint's values).
+        directions: (D, P) flat directions; a point is a row of D coefficients.
+        data: ``split -> EvalData`` (tensors already on the device).
+    """
+
+    def __init__(self, model: nn.Module, space: ParameterSpace, base: Mapping[str, torch.Tensor],
+                 directions: torch.Tensor, data: Mapping[str, object], loss: str = "ce",
+                 batch_size: int = 1024, points_per_batch: int = 1, precision: str = "fp32",
+                 channels_last: bool = False):
+        if precision not in PRECISIONS:
+            raise LlvError(f"unknown eval.precision '{precision}'; valid: {', '.join(PRECISIONS)}")
+        if loss not in LOSSES:
+            raise LlvError(f"unknown loss '{loss}'; valid: {', '.join(LOSSES)}")
+        if points_per_batch < 1 or batch_size < 1:
+            raise LlvError("eval.points_per_batch and eval.batch_size must be at least 1")
+        self.model = model.eval()
+        self.space = space
+        self.loss = loss
+        self.batch_size = int(batch_size)
+        self.points_per_batch = int(points_per_batch)
+        self.precision = precision
+        self.device = next(iter(full_state(model).values())).device
+        dtype = torch.float64 if precision == "fp64" else torch.float32
+        if precision == "fp64":
+            model.double()
+        state = full_state(model)
+        perturbed = set(space.perturbed)
+        self.fixed = {n: t for n, t in state.items() if n not in perturbed}
+        self.theta = flatten(space, [base[n] for n in space.names]).to(self.device, dtype)
+        self.directions = directions.to(self.device, dtype)
+        memory = torch.channels_last if channels_last else torch.contiguous_format
+        self.batches = {
+            split: [Batch(d.inputs[i:i + self.batch_size].to(self.device, dtype).contiguous(memory_format=memory)
+                          if d.inputs.dim() == 4 else d.inputs[i:i + self.batch_size].to(self.device, dtype),
+                          d.targets[i:i + self.batch_size].to(self.device))
+                    for i in range(0, len(d.targets), self.batch_size)]
+            for split, d in data.items()
+        }
+        self.sizes = {split: len(d.targets) for split, d in data.items()}
+        self._forward_one = lambda params, x: functional_call(self.model, {**self.fixed, **params}, (x,))
+        self._forward_many = vmap(self._forward_one, in_dims=(0, None))
+
+    @property
+    def metrics(self) -> list[str]:
+        return [f"{split}_{m}" for split in self.batches for m in ("loss", "acc", "loss_se")]
+
+    def point_tensors(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        """θ + coefficients @ directions as ``name -> (k, *shape)`` tensors."""
+        coefficients = coefficients.to(self.theta)
+        flat = self.theta + coefficients @ self.directions
+        return unflatten(self.space, flat)
+
+    @torch.no_grad()
+    def evaluate(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metrics of every row of ``coefficients`` (k, D), as device tensors of shape (k,)."""
+        coefficients = torch.as_tensor(coefficients)
+        parts = [self._evaluate_group(coefficients[i:i + self.points_per_batch])
+                 for i in range(0, len(coefficients), self.points_per_batch)]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+    def _evaluate_group(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = self.point_tensors(coefficients)
+        k = len(coefficients)
+        out = {}
+        for split, batches in self.batches.items():
+            total = torch.zeros(k, dtype=torch.float64, device=self.device)
+            squares = torch.zeros_like(total)
+            correct = torch.zeros_like(total)
+            for batch in batches:
+                with self._autocast():
+                    if k == 1:
+                        logits = self._forward_one({n: t[0] for n, t in params.items()}, batch.inputs)[None]
+                    else:
+                        logits = self._forward_many(params, batch.inputs)
+                losses = per_sample_loss(logits, batch.targets, self.loss).double()
+                total += losses.sum(dim=1)
+                squares += (losses ** 2).sum(dim=1)
+                correct += (logits.argmax(dim=-1) == batch.targets).sum(dim=1)
+            n = self.sizes[split]
+            mean = total / n
+            variance = (squares - n * mean ** 2).clamp_min(0) / max(n - 1, 1)
+            out[f"{split}_loss"] = mean
+            out[f"{split}_acc"] = 100.0 * correct / n
+            out[f"{split}_loss_se"] = (variance / n).sqrt()
+        return out
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def configure_precision(precision: str, device: torch.device) -> None:
+    """fp32 means true fp32 on CUDA (TF32 off); tf32 allows TF32 matmuls and convolutions."""
+    if device.type == "cuda":
+        allow = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow

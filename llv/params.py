@@ -1,0 +1,86 @@
+"""The tensors a direction perturbs, and flat views of them.
+
+``type="weights"`` perturbs ``model.parameters()`` (in ``named_parameters()`` order);
+``type="states"`` perturbs every floating entry of ``state_dict()`` (in its order), so BatchNorm
+running statistics move too. Integer entries (``num_batches_tracked``) keep their place in the
+order, as in the reference implementation's direction files, but are never perturbed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llv.console import LlvError
+
+DIRECTION_TYPES = ("weights", "states")
+
+
+@dataclass(frozen=True)
+class ParameterSpace:
+    """Names and shapes of the tensors a direction is made of, in file order.
+
+    >>> space = ParameterSpace.of(nn.Linear(3, 2), "weights")
+    >>> space.names, space.numel
+    (['weight', 'bias'], 8)
+    """
+
+    type: str
+    names: list[str]
+    shapes: list[torch.Size]
+    floating: list[bool]
+
+    @classmethod
+    def of(cls, model: nn.Module, type: str = "weights") -> ParameterSpace:
+        if type == "weights":
+            entries = [(n, p) for n, p in model.named_parameters()]
+        elif type == "states":
+            entries = list(model.state_dict().items())
+        else:
+            raise LlvError(f"unknown direction.type '{type}'; valid: {', '.join(DIRECTION_TYPES)}")
+        return cls(type, [n for n, _ in entries], [t.shape for _, t in entries],
+                   [t.is_floating_point() for _, t in entries])
+
+    @property
+    def perturbed(self) -> list[str]:
+        """Names that directions move (floating tensors only)."""
+        return [n for n, f in zip(self.names, self.floating) if f]
+
+    @property
+    def numel(self) -> int:
+        return sum(int(torch.Size(s).numel()) for s, f in zip(self.shapes, self.floating) if f)
+
+    def values(self, model: nn.Module) -> list[torch.Tensor]:
+        """Detached copies of the model's tensors in this space's order."""
+        state = model.state_dict()
+        return [state[n].detach().clone() for n in self.names]
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name (detached), the input of ``functional_call``."""
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    state.update({n: b.detach() for n, b in model.named_buffers()})
+    return state
+
+
+def flatten(space: ParameterSpace, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate the perturbed tensors of ``tensors`` (aligned with ``space.names``) into 1-D."""
+    parts = [t.reshape(-1) for t, f in zip(tensors, space.floating) if f]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def unflatten(space: ParameterSpace, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Views of a flat vector (or of each row of a (k, P) matrix) as ``name -> tensor``."""
+    batch = vector.shape[:-1]
+    out, start = {}, 0
+    for name, shape, floating in zip(space.names, space.shapes, space.floating):
+        if not floating:
+            continue
+        size = int(torch.Size(shape).numel())
+        out[name] = vector[..., start:start + size].reshape(*batch, *shape)
+        start += size
+    if start != vector.shape[-1]:
+        raise ValueError(f"vector has {vector.shape[-1]} entries, the space {start}")
+    return out

@@ -1,0 +1,226 @@
+"""A surface run, start to end: directions → evaluator → result file → point loop → summary.
+
+Shared by ``llv surface``, ``llv interpolate`` (one target direction, ``alphas``), ``llv
+trajectory`` (PCA directions over the path's box) and reused for Hessian maps (another point
+function over the same grid, file and loop).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llv import __version__, directions as dirs
+from llv.config import GridSpec, to_yaml
+from llv.console import LlvError, log, print_table
+from llv.evaluate import PointEvaluator, configure_precision
+from llv.grid import LoopStats, run_points
+from llv.params import ParameterSpace
+from llv.session import Session
+from llv.storage import SurfaceFile
+from llv.summary import summarize
+
+DIRECTION_FILE = "directions.h5"
+
+
+# ------------------------------------------------------------------------------ directions
+
+
+def make_directions(session: Session, space: ParameterSpace, ndim: int) -> dirs.Directions:
+    """New directions of ``direction.kind`` at the session's checkpoint (rank 0 calls this)."""
+    d = session.cfg.direction
+    kind = str(d.kind)
+    values = space.values(session.model)
+    if kind == "random":
+        return dirs.make_random(space, values, ndim, seed=int(d.seed), norm=str(d.norm),
+                                ignore=str(d.ignore), ensemble=int(d.get("ensemble", 1) or 1),
+                                orthogonal=bool(d.orthogonalize))
+    if kind == "target":
+        target = d.get("target") or session.cfg.get("checkpoint2")
+        if not target:
+            raise LlvError("direction.kind=target needs direction.target=PATH (a second checkpoint)")
+        other = _values_of(session, space, target)
+        axes = [dirs.target_direction(space, values, other)]
+        if ndim == 2:
+            axes.append(dirs.normalize(dirs.random_direction(space, dirs.axis_seed(int(d.seed), 1)), values,
+                                       str(d.norm), str(d.ignore)))
+        return dirs.Directions(space, axes, ndim, {"kind": "target", "norm": "none", "ignore": str(d.ignore),
+                                                   "type": space.type, "seed": int(d.seed),
+                                                   "target": str(target)})
+    if kind == "hessian":
+        from llv.hessian import hessian_directions
+
+        return hessian_directions(session, space, values, ndim)
+    if kind in ("file", "pca"):
+        raise LlvError(f"direction.kind={kind} reads dir_file=PATH"
+                       + (" (made by llv trajectory)" if kind == "pca" else ""))
+    raise LlvError(f"unknown direction.kind '{kind}'; valid: random, target, pca, hessian, file")
+
+
+def _values_of(session: Session, space: ParameterSpace, checkpoint) -> list[torch.Tensor]:
+    from llv.checkpoint import load_into
+    from llv.models import build_model
+
+    other = build_model(session.cfg.model)
+    load_into(other, checkpoint, str(session.cfg.model.name))
+    return space.values(other)
+
+
+def obtain_directions(session: Session, space: ParameterSpace, ndim: int, existing_attrs: dict | None = None
+                      ) -> tuple[dirs.Directions, Path]:
+    """Directions from ``dir_file=``, from the resumed file's ``dir_file``, or new (saved by rank 0)."""
+    cfg = session.cfg
+    path = cfg.get("dir_file") or (existing_attrs or {}).get("dir_file")
+    if path:
+        path = Path(str(path))
+        if not path.is_absolute() and not path.exists() and session.existing is not None:
+            path = session.run_dir / path
+        return dirs.load(path, space, ndim), path
+    path = session.run_dir / DIRECTION_FILE
+    if session.is_root:
+        made = make_directions(session, space, ndim)
+        dirs.save(made, path, {"checkpoint": str(session.checkpoint),
+                               "checkpoint_sha256": session.checkpoint_sha256,
+                               "model": str(cfg.model.name)})
+    session.comm.barrier()
+    return dirs.load(path, space, ndim), path
+
+
+# ------------------------------------------------------------------------------ the surface
+
+
+def coefficient_rows(grid: GridSpec, ndim: int, ensemble: int, indices: np.ndarray) -> np.ndarray:
+    """Coefficients over all ``ensemble * ndim`` axes for flat indices over (K, *grid.shape)."""
+    base = grid.coefficients()[:, :ndim]
+    member, g = np.divmod(np.asarray(indices, dtype=np.int64), grid.num_points)
+    rows = np.zeros((len(g), ensemble * ndim))
+    for a in range(ndim):
+        rows[np.arange(len(g)), member * ndim + a] = base[g, a]
+    return rows
+
+
+def coordinates_of(grid: GridSpec, names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> dict:
+    coords = {names[0]: grid.x.coordinates()}
+    if grid.ndim == 2:
+        coords[names[1]] = grid.y.coordinates()
+    return coords
+
+
+def open_result(session: Session, path: Path, coordinates: dict, shape: tuple, metrics: list[str],
+                provenance: dict, attrs: dict) -> SurfaceFile | None:
+    """Rank 0: the resumed file (checked) or a new one; other ranks: None."""
+    if not session.is_root:
+        return None
+    if session.existing is not None:
+        file = SurfaceFile.open(session.existing)
+        file.check_matches(coordinates, shape, metrics, provenance)
+        done = int(file.done.sum())
+        log.info(f"resuming {file.path}: {done}/{file.num_points} points done")
+        return file
+    file = SurfaceFile(path, coordinates, shape, metrics, {**attrs, **provenance})
+    file.flush(force=True)
+    return file
+
+
+def build_evaluator(session: Session, space: ParameterSpace, directions: dirs.Directions,
+                    data: dict | None = None) -> PointEvaluator:
+    e = session.cfg.eval
+    configure_precision(str(e.precision), session.device)
+    base = dict(zip(space.names, space.values(session.model)))
+    return PointEvaluator(session.model, space, base, directions.flat(), data or session.eval_data(),
+                          loss=str(session.cfg.loss), batch_size=int(e.batch_size),
+                          points_per_batch=int(e.points_per_batch), precision=str(e.precision),
+                          channels_last=bool(e.get("channels_last", False)))
+
+
+def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h5",
+                    coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates"),
+                    directions: dirs.Directions | None = None, dir_file: Path | None = None,
+                    extra_attrs: dict | None = None) -> SurfaceFile | None:
+    """Evaluate loss/accuracy over ``grid``; returns the finished file on rank 0 (None elsewhere)."""
+    cfg = session.cfg
+    if grid.ndim == 0:
+        raise LlvError(f"llv {cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
+    space = ParameterSpace.of(session.model, str(cfg.direction.type))
+    existing_attrs = _existing_attrs(session)
+    if directions is None:
+        directions, dir_file = obtain_directions(session, space, grid.ndim, existing_attrs)
+    evaluator = build_evaluator(session, space, directions)
+    ensemble = directions.ensemble
+    shape = grid.shape if ensemble == 1 else (ensemble, *grid.shape)
+    provenance = {"checkpoint_sha256": session.checkpoint_sha256, "direction_sha256": directions.digest()}
+    attrs = {
+        "command": str(cfg.command), "model": str(cfg.model.name), "dataset": str(cfg.dataset.name),
+        "norm": directions.attrs.get("norm"), "type": space.type, "kind": directions.attrs.get("kind"),
+        "ignore": directions.attrs.get("ignore"), "checkpoint": str(session.checkpoint),
+        "dir_file": str(dir_file) if dir_file else None, "config": to_yaml(cfg), "llv_version": __version__,
+        "world_size": session.comm.size, "seconds": 0.0, "loss": str(cfg.loss), "ensemble": ensemble,
+        "splits": ",".join(cfg.eval.splits), **(extra_attrs or {}),
+    }
+    file = open_result(session, session.run_dir / filename, coordinates_of(grid, coordinate_names), shape,
+                       evaluator.metrics, provenance, attrs)
+    dirs.log_summary(directions)
+
+    def compute(indices: np.ndarray) -> dict[str, np.ndarray]:
+        rows = torch.from_numpy(coefficient_rows(grid, grid.ndim, ensemble, indices))
+        return {k: v.cpu().numpy() for k, v in evaluator.evaluate(rows).items()}
+
+    stats = run_points(session.comm, file, compute, int(cfg.eval.chunk_points),
+                       description=f"{cfg.command} {grid.describe()}", stop_after=cfg.get("stop_after_points"))
+    _verify_theta_untouched(session, space, evaluator)
+    if file is not None:
+        finish(session, file, grid, stats, coordinate_names, ensemble)
+    return file
+
+
+def _existing_attrs(session: Session) -> dict:
+    attrs = None
+    if session.is_root and session.existing is not None:
+        attrs = SurfaceFile.open(session.existing).attrs
+    return session.comm.bcast(attrs) or {}
+
+
+def _verify_theta_untouched(session: Session, space: ParameterSpace, evaluator: PointEvaluator) -> None:
+    from llv.params import flatten
+
+    now = flatten(space, space.values(session.model)).to(evaluator.theta)
+    if not torch.equal(now, evaluator.theta):
+        raise RuntimeError("the model's weights changed during evaluation (please report this)")
+
+
+def finish(session: Session, file: SurfaceFile, grid: GridSpec, stats: LoopStats,
+           coordinate_names: tuple[str, str], ensemble: int) -> None:
+    """Summary attrs, the console table, timing; flushed."""
+    cfg = session.cfg
+    seconds = float(file.attrs.get("seconds") or 0.0) + stats.seconds
+    file.set_attrs(seconds=seconds, world_size=session.comm.size,
+                   points_per_second=stats.points_per_second, nonfinite_count=int(stats.nonfinite))
+    x = file.coordinates[coordinate_names[0]]
+    y = file.coordinates.get(coordinate_names[1])
+    rows = []
+    if file.done.all():
+        for split in cfg.eval.splits:
+            summary = summarize(file.values, x, y, str(split), float(cfg.summary.eps), ensemble)
+            file.set_attrs(**{f"summary_{k}": v for k, v in summary.items()})
+            rows += [(k, v) for k, v in summary.items()]
+    else:
+        log.info(f"stopped with {int((~file.done).sum())} points to go: resume with resume={file.path}")
+    rows += [("points computed", stats.computed), ("points/s", stats.points_per_second),
+             ("non-finite losses", stats.nonfinite)]
+    file.flush(force=True)
+    print_table(f"{cfg.command} summary", ["figure", "value"], rows)
+    log.info(f"wrote {file.path}")
+
+
+def plot_result(session: Session, file: SurfaceFile | None, kind: str) -> None:
+    """The default figure at the end of a run; a plotting problem never loses the results."""
+    if file is None or not session.cfg.get("plot", True) or not file.done.all():
+        return
+    try:
+        from llv.plot import make_plot
+
+        make_plot(kind, [str(file.path)])
+    except Exception as exc:  # the results are safe on disk; say why there is no figure
+        log.warning(f"could not draw the {kind} plot: {' '.join(str(exc).split())}")

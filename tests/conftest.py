@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny model + checkpoint on tiny synthetic data, and config helpers."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # so Hydra finds nets.TinyConvBN
+
+TINY_DATA = ["dataset=synthetic", "dataset.in_channels=1", "dataset.image_size=4",
+             "dataset.num_classes=3", "dataset.num_train=40", "dataset.num_test=24"]
+
+
+def tiny_overrides(tmp_path: Path, net: str = "TinyConvBN") -> list[str]:
+    """Overrides for a custom tiny net on tiny synthetic data, outputs under tmp_path."""
+    return ["model=custom", f"model.module._target_=nets.{net}", "+model.module.in_channels=1",
+            "+model.module.image_size=4", "model.module.num_classes=3", *TINY_DATA,
+            f"outputs={tmp_path / 'outputs'}", "device=cpu", "dist=none", "plot=false", "eval.batch_size=16"]
+
+
+def save_tiny_checkpoint(tmp_path: Path, net: str = "TinyConvBN", seed: int = 0, name: str = "tiny.pt",
+                         scale: float = 1.0) -> Path:
+    """A checkpoint of a freshly initialised tiny net (weights scaled by ``scale``)."""
+    import torch
+
+    from llv.checkpoint import save_checkpoint
+    from llv.config import compose
+    from llv.models import build_model
+
+    cfg = compose("surface", tiny_overrides(tmp_path, net))
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return save_checkpoint(tmp_path / name, model, 0, cfg, {})
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(overrides with checkpoint=..., checkpoint path) for the conv+BN tiny net."""
+    path = save_tiny_checkpoint(tmp_path)
+    return [*tiny_overrides(tmp_path), f"checkpoint={path}"], path

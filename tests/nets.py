@@ -1,0 +1,34 @@
+"""Tiny networks for engine tests, importable by Hydra as ``model=custom model.module._target_=nets.X``."""
+
+import torch
+from torch import nn
+
+
+class TinyConvBN(nn.Module):
+    """conv (no bias) -> BN -> relu -> linear: small enough for dense references."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, image_size: int = 4, width: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width * image_size * image_size, num_classes)
+        with torch.no_grad():  # non-trivial BN statistics and affine parameters
+            g = torch.Generator().manual_seed(1)
+            self.bn.running_mean.copy_(0.1 * torch.randn(width, generator=g))
+            self.bn.running_var.copy_(0.5 + torch.rand(width, generator=g))
+            self.bn.weight.copy_(1 + 0.1 * torch.randn(width, generator=g))
+            self.bn.bias.copy_(0.1 * torch.randn(width, generator=g))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class TinyLinear(nn.Module):
+    """A linear classifier: with loss=mse its loss is an exact quadratic in (weight, bias)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, image_size: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * image_size * image_size, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
