@@ -54,6 +54,10 @@ class Batch:
 class PointEvaluator:
     """Evaluates ``loss``, ``acc`` (percent) and ``loss_se`` of each split at grid points.
 
+    With ``bn_data`` (training images), BatchNorm running statistics are re-estimated at every
+    point before evaluating, by cumulative averaging over batches of ``batch_size`` as
+    ``torch.optim.swa_utils.update_bn`` does; points are then evaluated one at a time.
+
     Args:
         model: the network; put in eval mode (BatchNorm uses its running statistics).
         space: which tensors the directions perturb.
@@ -65,7 +69,7 @@ class PointEvaluator:
     def __init__(self, model: nn.Module, space: ParameterSpace, base: Mapping[str, torch.Tensor],
                  directions: torch.Tensor, data: Mapping[str, object], loss: str = "ce",
                  batch_size: int = 1024, points_per_batch: int = 1, precision: str = "fp32",
-                 channels_last: bool = False):
+                 channels_last: bool = False, bn_data: object | None = None):
         if precision not in PRECISIONS:
             raise LlvError(f"unknown eval.precision '{precision}'; valid: {', '.join(PRECISIONS)}")
         if loss not in LOSSES:
@@ -96,6 +100,14 @@ class PointEvaluator:
             for split, d in data.items()
         }
         self.sizes = {split: len(d.targets) for split, d in data.items()}
+        self.bn_batches = [] if bn_data is None else [
+            bn_data.inputs[i:i + self.batch_size].to(self.device, dtype)
+            for i in range(0, len(bn_data.inputs), self.batch_size)]
+        self.bn_modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.bn_buffers = [f"{name}.{b}" for name, m in model.named_modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           for b in ("running_mean", "running_var", "num_batches_tracked")
+                           if getattr(m, b, None) is not None]
         self._forward_one = lambda params, x: functional_call(self.model, {**self.fixed, **params}, (x,))
         self._forward_many = vmap(self._forward_one, in_dims=(0, None))
 
@@ -118,7 +130,12 @@ class PointEvaluator:
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def _evaluate_group(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.bn_batches and len(coefficients) > 1:
+            parts = [self._evaluate_group(c[None]) for c in coefficients]
+            return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         params = self.point_tensors(coefficients)
+        if self.bn_batches:
+            params.update({n: t[None] for n, t in self.recompute_bn({n: t[0] for n, t in params.items()}).items()})
         k = len(coefficients)
         out = {}
         for split, batches in self.batches.items():
@@ -142,6 +159,28 @@ class PointEvaluator:
             out[f"{split}_acc"] = 100.0 * correct / n
             out[f"{split}_loss_se"] = (variance / n).sqrt()
         return out
+
+    def recompute_bn(self, point: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fresh BatchNorm running statistics of the network at ``point``, from ``bn_data``."""
+        fresh = {}
+        for name in self.bn_buffers:
+            like = self.fixed.get(name, point.get(name))
+            fill = 1.0 if name.endswith("running_var") else 0.0
+            fresh[name] = torch.full(like.shape, fill, dtype=like.dtype, device=like.device)
+        state = {**self.fixed, **point, **fresh}
+        saved = [(m, m.training, m.momentum) for m in self.bn_modules]
+        try:
+            for m in self.bn_modules:
+                m.train()
+                m.momentum = None  # cumulative average over batches
+            for x in self.bn_batches:
+                with self._autocast():
+                    functional_call(self.model, state, (x,))
+        finally:
+            for m, training, momentum in saved:
+                m.train(training)
+                m.momentum = momentum
+        return fresh
 
     def _autocast(self):
         if self.precision == "bf16":

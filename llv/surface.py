@@ -129,10 +129,14 @@ def build_evaluator(session: Session, space: ParameterSpace, directions: dirs.Di
     e = session.cfg.eval
     configure_precision(str(e.precision), session.device)
     base = dict(zip(space.names, space.values(session.model)))
+    bn = str(e.get("bn", "stored"))
+    if bn not in ("stored", "recompute"):
+        raise LlvError(f"unknown eval.bn '{bn}'; valid: stored, recompute")
+    bn_data = session.data("train", e.get("bn_samples")) if bn == "recompute" else None
     return PointEvaluator(session.model, space, base, directions.flat(), data or session.eval_data(),
                           loss=str(session.cfg.loss), batch_size=int(e.batch_size),
                           points_per_batch=int(e.points_per_batch), precision=str(e.precision),
-                          channels_last=bool(e.get("channels_last", False)))
+                          channels_last=bool(e.get("channels_last", False)), bn_data=bn_data)
 
 
 def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h5",
@@ -157,7 +161,7 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         "ignore": directions.attrs.get("ignore"), "checkpoint": str(session.checkpoint),
         "dir_file": str(dir_file) if dir_file else None, "config": to_yaml(cfg), "llv_version": __version__,
         "world_size": session.comm.size, "seconds": 0.0, "loss": str(cfg.loss), "ensemble": ensemble,
-        "splits": ",".join(cfg.eval.splits), **(extra_attrs or {}),
+        "splits": ",".join(cfg.eval.splits), "bn": str(cfg.eval.get("bn", "stored")), **(extra_attrs or {}),
     }
     file = open_result(session, session.run_dir / filename, coordinates_of(grid, coordinate_names), shape,
                        evaluator.metrics, provenance, attrs)

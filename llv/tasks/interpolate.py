@@ -1,0 +1,36 @@
+"""``llv interpolate``: f(α) = L((1−α)·θA + α·θB), the paper's §5 linear interpolation.
+
+The same surface engine with one direction, θB − θA, over ``alphas``. With the default
+``direction.type=states`` BatchNorm running statistics are interpolated too (never
+``num_batches_tracked``); ``interpolate.recompute_bn=true`` re-estimates them at every α instead.
+"""
+
+from __future__ import annotations
+
+from llv.config import GridSpec
+from llv.console import LlvError
+from llv.session import start
+from llv.surface import compute_surface, plot_result
+
+FILE = "interpolation.h5"
+
+
+def run(cfg):
+    """Compute (or resume) ``interpolation.h5``; returns its path on rank 0."""
+    if not cfg.get("checkpoint") or not cfg.get("checkpoint2"):
+        raise LlvError("llv interpolate needs checkpoint=A.pt and checkpoint2=B.pt")
+    grid = GridSpec.from_cfg(cfg.grid)
+    if grid.ndim != 1:
+        raise LlvError("llv interpolate takes a 1D grid: grid.x=min:max:num grid.y=null")
+    if cfg.interpolate.get("recompute_bn"):
+        cfg.eval.bn = "recompute"
+    cfg.direction.kind = "target"
+    cfg.direction.target = cfg.checkpoint2
+    session = start(cfg, FILE, checkpoint=cfg.checkpoint)
+    try:
+        file = compute_surface(session, grid, FILE, coordinate_names=("alphas", "ycoordinates"),
+                               extra_attrs={"checkpoint2": str(cfg.checkpoint2)})
+        plot_result(session, file, "1d")
+        return file.path if file is not None else None
+    finally:
+        session.close()
