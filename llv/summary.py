@@ -74,6 +74,7 @@ def summarize(values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray | None
         out[f"curvature_{axis}"] = float(np.mean(curvatures))
         out[f"flatness_radius_{axis}"] = float(np.mean(radii))
         if ensemble > 1:
-            out[f"curvature_{axis}_std"] = float(np.std(curvatures))
-            out[f"flatness_radius_{axis}_std"] = float(np.std(radii))
+            with np.errstate(invalid="ignore"):  # inf radii (flat over the grid) have no spread
+                out[f"curvature_{axis}_std"] = float(np.std(curvatures))
+                out[f"flatness_radius_{axis}_std"] = float(np.std(radii))
     return {f"{split}_{k}": v for k, v in out.items()}

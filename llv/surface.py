@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llv import __version__, directions as dirs
+from llv import __version__
+from llv import directions as dirs
 from llv.config import GridSpec, to_yaml
 from llv.console import LlvError, log, print_table
 from llv.evaluate import PointEvaluator, configure_precision

@@ -5,8 +5,8 @@ import copy
 import h5py
 import pytest
 import torch
-
 from conftest import save_tiny_checkpoint, tiny_overrides
+
 from llv.checkpoint import load_into
 from llv.config import compose
 from llv.data import load_eval_data
@@ -91,7 +91,7 @@ def test_recompute_bn_equals_update_bn_by_hand(tmp_path):
     for index, alpha in enumerate(values["alphas"]):
         model = copy.deepcopy(model_a)
         with torch.no_grad():
-            for (name, p), pb in zip(model.state_dict().items(), model_b.state_dict().values()):
+            for p, pb in zip(model.state_dict().values(), model_b.state_dict().values()):
                 if p.is_floating_point():
                     p.copy_(p + alpha * (pb - p))
         loader = [bn_images[i:i + 10] for i in range(0, 32, 10)]
