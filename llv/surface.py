@@ -19,6 +19,7 @@ from llv.console import LlvError, log, print_table
 from llv.evaluate import PointEvaluator, configure_precision
 from llv.grid import LoopStats, run_points
 from llv.params import ParameterSpace
+from llv.probe import run_probe
 from llv.session import Session
 from llv.storage import SurfaceFile
 from llv.summary import summarize
@@ -164,9 +165,11 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         "world_size": session.comm.size, "seconds": 0.0, "loss": str(cfg.loss), "ensemble": ensemble,
         "splits": ",".join(cfg.eval.splits), "bn": str(cfg.eval.get("bn", "stored")), **(extra_attrs or {}),
     }
+    dirs.log_summary(directions)
+    attrs.update(run_probe(evaluator, directions, space, space.values(session.model), session.checkpoint_meta,
+                           list(cfg.eval.splits), cfg.eval.max_samples, str(cfg.get("probe", True))))
     file = open_result(session, session.run_dir / filename, coordinates_of(grid, coordinate_names), shape,
                        evaluator.metrics, provenance, attrs)
-    dirs.log_summary(directions)
 
     def compute(indices: np.ndarray) -> dict[str, np.ndarray]:
         rows = torch.from_numpy(coefficient_rows(grid, grid.ndim, ensemble, indices))

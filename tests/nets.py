@@ -32,3 +32,10 @@ class TinyLinear(nn.Module):
 
     def forward(self, x):
         return self.fc(x.flatten(1))
+
+
+class NoisyNet(TinyConvBN):
+    """Dropout left active in eval mode: every forward pass is random (the probe must notice)."""
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.dropout(torch.relu(self.bn(self.conv(x))).flatten(1), 0.5, training=True))

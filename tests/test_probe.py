@@ -1,0 +1,48 @@
+"""The pre-flight probe: it passes on honest runs and flags random forwards and broken directions."""
+
+import h5py
+import pytest
+import torch
+
+from conftest import save_tiny_checkpoint, tiny_overrides
+from llv import directions as dirs
+from llv.config import compose
+from llv.console import LlvError
+from llv.params import ParameterSpace
+from llv.tasks import surface as surface_task
+from nets import TinyConvBN
+
+
+def attrs_of(path):
+    with h5py.File(path, "r") as f:
+        return dict(f.attrs)
+
+
+def test_probe_passes_on_an_honest_run(tiny):
+    overrides, _ = tiny
+    attrs = attrs_of(surface_task.run(compose("surface", [*overrides, "grid=11x11", "probe=strict"])))
+    assert attrs["probe_repeatable"] and attrs["probe_direction_norms_ok"] and attrs["probe_failures"] == 0
+    assert -1 <= attrs["probe_cosine_xy"] <= 1
+
+
+def test_probe_flags_a_random_forward_pass(tmp_path):
+    checkpoint = save_tiny_checkpoint(tmp_path, net="NoisyNet")
+    overrides = [*tiny_overrides(tmp_path, "NoisyNet"), f"checkpoint={checkpoint}", "grid=11x11"]
+    attrs = attrs_of(surface_task.run(compose("surface", overrides)))
+    assert not attrs["probe_repeatable"] and "random" in attrs["probe_messages"]
+    with pytest.raises(LlvError, match="forward pass is random"):
+        surface_task.run(compose("surface", [*overrides, "probe=strict"]))
+
+
+def test_probe_flags_directions_without_their_declared_norms(tiny, tmp_path):
+    overrides, checkpoint = tiny
+    torch.manual_seed(0)
+    model = TinyConvBN()
+    space = ParameterSpace.of(model)
+    raw = dirs.make_random(space, space.values(model), 2, norm="none")
+    raw.attrs["norm"] = "filter"  # a lie: these are unnormalized draws
+    path = dirs.save(raw, tmp_path / "liar.h5")
+    attrs = attrs_of(surface_task.run(compose("surface", [*overrides, "grid=11x11", f"dir_file={path}"])))
+    assert not attrs["probe_direction_norms_ok"] and "norm=filter" in attrs["probe_messages"]
+    with pytest.raises(LlvError, match="norms"):
+        surface_task.run(compose("surface", [*overrides, "grid=11x11", f"dir_file={path}", "probe=strict"]))
