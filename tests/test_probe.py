@@ -3,14 +3,14 @@
 import h5py
 import pytest
 import torch
-
 from conftest import save_tiny_checkpoint, tiny_overrides
+from nets import TinyConvBN
+
 from llv import directions as dirs
 from llv.config import compose
 from llv.console import LlvError
 from llv.params import ParameterSpace
 from llv.tasks import surface as surface_task
-from nets import TinyConvBN
 
 
 def attrs_of(path):
