@@ -83,7 +83,8 @@ def test_reference_t7_with_module_prefix_and_numpy_acc_loads(tmp_path, caplog):
     state = {"module." + k: v for k, v in net.state_dict().items()
              if not k.endswith("num_batches_tracked")}  # 2018 files predate this buffer
     # The reference stores acc as a NumPy scalar: safe loading refuses it, the fallback reads it.
-    torch.save({"state_dict": state, "acc": np.float64(93.1), "epoch": 300}, tmp_path / "model_300.t7")
+    reference_file = {"state_dict": state, "acc": np.float64(93.1), "epoch": 300}
+    torch.save(reference_file, tmp_path / "model_300.t7")
     other = small_net()
     nn.init.zeros_(other.conv1.weight)
     with caplog.at_level("DEBUG", logger="llv"):
@@ -106,7 +107,8 @@ def test_misfitting_checkpoint_names_missing_unexpected_and_misshaped_keys(tmp_p
     assert "missing extra.weight, extra.bias" in message
     assert "shape conv1.weight [4,3,3,3] (checkpoint) vs [4,1,3,3] (model)" in message
     reduced = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 4, 3)))
-    with pytest.raises(LlvError, match=r"unexpected bn1\.weight, bn1\.bias, bn1\.running_mean \(\+4 more\)"):
+    unexpected = r"unexpected bn1\.weight, bn1\.bias, bn1\.running_mean \(\+4 more\)"
+    with pytest.raises(LlvError, match=unexpected):
         load_into(reduced, path)
 
 
@@ -129,7 +131,8 @@ def test_sha256_equals_hashlib(tmp_path):
 
 def test_default_checkpoint_takes_latest_final_only_when_names_match(tmp_path):
     cfg = make_cfg(tmp_path)
-    with pytest.raises(LlvError, match="final.pt is missing: run `llv train model=resnet8 dataset=digits`"):
+    advice = "final.pt is missing: run `llv train model=resnet8 dataset=digits`"
+    with pytest.raises(LlvError, match=advice):
         default_checkpoint(cfg)
     run = tmp_path / "outputs" / "train" / "2024-01-01_00-00-00"
     final = save_checkpoint(run / "final.pt", small_net(), 3, cfg)
