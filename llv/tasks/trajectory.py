@@ -1,0 +1,176 @@
+"""``llv trajectory``: PCA of a train run's path, the projected path, the surface around it.
+
+Writes into its run directory ``directions.h5`` (kind ``pca``), ``projection.h5`` (the path on
+the two directions, the epochs, the epochs where the learning rate dropped) and, unless
+``trajectory.surface=false``, ``surface.h5`` over the box that holds the path. The model and
+data set are the train run's own (its ``config.yaml``) unless ``trajectory.run_config=false``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from llv.console import LlvError, log, print_table
+
+PROJECTION_FILE = "projection.h5"
+SURFACE_FILE = "surface.h5"
+
+
+def run(cfg):
+    """Compute (or, into the same run directory, resume) the trajectory; the projection file on
+    rank 0 (None on other ranks)."""
+    from llv import directions as dirs
+    from llv import trajectory as tr
+    from llv.config import GridSpec
+    from llv.params import ParameterSpace
+    from llv.session import start
+    from llv.surface import DIRECTION_FILE, compute_surface
+
+    run_dir = train_run_dir(cfg)
+    cfg = with_run_model(cfg, run_dir)
+    settings = cfg.trajectory
+    resolution = GridSpec.from_cfg(cfg.grid)
+    if settings.surface:
+        tr.box_grid(((0.0, 1.0), (0.0, 1.0)), resolution)  # a 1D grid fails here, before any work
+    points = tr.choose_epochs(run_dir, settings.get("epochs"))
+    session = start(cfg, SURFACE_FILE, checkpoint=points[-1][1])
+    try:
+        space = ParameterSpace.of(session.model, str(cfg.direction.type))
+        dir_path = session.run_dir / DIRECTION_FILE
+        projection = session.run_dir / PROJECTION_FILE
+        rows = None
+        if session.is_root:
+            rows = _projection(session, space, points, run_dir, dir_path, projection)
+        session.comm.barrier()
+        directions = dirs.load(dir_path, space, 2)
+        coordinates, _, _ = session.comm.bcast(
+            tr.load_projection_coordinates(projection) if session.is_root else None)
+        file = None
+        if settings.surface:
+            box = tr.path_box(coordinates, float(settings.margin))
+            if rows is not None:
+                rows += [("surface box x", _span(box[0])), ("surface box y", _span(box[1]))]
+            grid = tr.box_grid(box, resolution)
+            provenance = {"projection_file": PROJECTION_FILE, "run": str(run_dir)}
+            file = compute_surface(session, grid, SURFACE_FILE, directions=directions,
+                                   dir_file=dir_path, extra_attrs=provenance)
+        if session.is_root:
+            print_table("trajectory", ["figure", "value"], rows)
+            log.info(f"wrote {projection}")
+            if file is None or file.done.all():
+                _plot(cfg, projection)
+            return projection
+        return None
+    finally:
+        session.close()
+
+
+def train_run_dir(cfg) -> Path:
+    """``run=`` (default ``<outputs>/train/latest``), resolved; a missing one is one line."""
+    given = cfg.get("run")
+    outputs = Path(str(cfg.get("outputs") or "outputs"))
+    path = Path(str(given)) if given else outputs / "train" / "latest"
+    if not path.is_dir():
+        how = "pass run=outputs/train/<run>" if given else "run `llv train` first or pass run=PATH"
+        raise LlvError(f"train run {path} does not exist: {how}")
+    return path.resolve()
+
+
+def with_run_model(cfg, run_dir: Path):
+    """``cfg`` with the train run's ``model`` and ``dataset``: its checkpoints are of that model."""
+    from omegaconf import OmegaConf, open_dict
+
+    if not cfg.trajectory.get("run_config", True):
+        return cfg
+    source = run_dir / "config.yaml"
+    if not source.is_file():
+        log.warning(f"{source} is missing: using model={cfg.model.name} dataset={cfg.dataset.name}")
+        return cfg
+    trained = OmegaConf.load(source)
+    if "model" not in trained or "dataset" not in trained:
+        raise LlvError(f"{source} is not a train run's config (no model or dataset)")
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model = trained.model
+        cfg.dataset = trained.dataset
+    return cfg
+
+
+def _projection(session, space, points, run_dir: Path, dir_path: Path, projection: Path) -> list:
+    """Rank 0: PCA of the path and the projection file (reused when resuming the same path)."""
+    from llv import directions as dirs
+    from llv import trajectory as tr
+
+    cfg = session.cfg
+    settings = cfg.trajectory
+    epochs = [epoch for epoch, _ in points]
+    ignore, center = str(cfg.direction.ignore), bool(settings.get("center", False))
+    if str(cfg.direction.get("norm", "none")) != "none":
+        log.warning(f"direction.norm={cfg.direction.norm} is not applied: PCA directions are unit "
+                    "vectors, so the path's coordinates are distances in parameter space")
+    if _reusable(session, dir_path, projection, epochs, ignore, center):
+        coordinates, _, ratio = tr.load_projection_coordinates(projection)
+        loads, seconds = 0, 0.0
+        log.info(f"reusing {dir_path.name} and {projection.name} of {session.run_dir}")
+    else:
+        began = time.perf_counter()
+        memory = int(float(settings.get("memory_mb", 2048)) * 1024**2)
+        result = tr.path_pca(space, [path for _, path in points], ignore=ignore, center=center,
+                             memory_bytes=memory, seed=int(cfg.direction.seed))
+        seconds = time.perf_counter() - began
+        dirs.save(result.directions, dir_path,
+                  {"checkpoint": str(session.checkpoint),
+                   "checkpoint_sha256": session.checkpoint_sha256, "model": str(cfg.model.name),
+                   "run": str(run_dir), "epochs": list(epochs)})
+        drops = tr.lr_drop_epochs(tr.read_metrics(run_dir / "metrics.csv"))
+        if not (run_dir / "metrics.csv").is_file():
+            log.warning(f"{run_dir / 'metrics.csv'} is missing: no learning-rate drops are marked")
+        tr.save_projection(projection, result, epochs, drops, {
+            "surface_file": SURFACE_FILE if settings.surface else "", "run": str(run_dir),
+            "dir_file": dir_path.name, "ignore": ignore, "type": space.type,
+            "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "pca_seconds": seconds,
+            "checkpoint_loads": result.checkpoint_loads})
+        coordinates, ratio = result.coordinates, result.explained_variance_ratio
+        loads = result.checkpoint_loads
+    return [
+        ("1st PC explained variance", f"{100 * ratio[0]:.2f} %"),
+        ("2nd PC explained variance", f"{100 * ratio[1]:.2f} %"),
+        ("PCA convention", "centered (reference)" if center else "uncentered, about θ_n"),
+        ("epochs", f"{len(epochs)} ({epochs[0]} … {epochs[-1]})"),
+        ("parameters", f"{space.type}, ignore={ignore}"),
+        ("checkpoint loads", loads),
+        ("PCA seconds", round(seconds, 3)),
+        ("path x range", _span((float(coordinates[:, 0].min()), float(coordinates[:, 0].max())))),
+        ("path y range", _span((float(coordinates[:, 1].min()), float(coordinates[:, 1].max())))),
+    ]
+
+
+def _reusable(session, dir_path: Path, projection: Path, epochs: list[int], ignore: str,
+              center: bool) -> bool:
+    """Whether this run resumes its own surface for the same path (then PCA is not redone)."""
+    import h5py
+    import numpy as np
+
+    if session.existing is None or not dir_path.is_file() or not projection.is_file():
+        return False
+    with h5py.File(projection, "r") as f:
+        return (np.asarray(f["epochs"][()]).tolist() == list(epochs)
+                and str(f.attrs.get("ignore")) == ignore and bool(f.attrs.get("center")) == center)
+
+
+def _span(interval) -> str:
+    return f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
+def _plot(cfg, projection: Path) -> None:
+    """The trajectory figure; a plotting problem never loses the results."""
+    if not cfg.get("plot", True):
+        return
+    try:
+        from llv.plot import make_plot
+
+        make_plot("trajectory", [str(projection)])
+    except Exception as exc:  # the results are safe on disk; say why there is no figure
+        log.warning(f"could not draw the trajectory plot: {' '.join(str(exc).split())}")
