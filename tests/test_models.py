@@ -321,7 +321,11 @@ def test_every_model_name_has_a_config_option_and_back():
 
 @pytest.mark.parametrize(
     ("overrides", "shape"),
-    [([], (2, 1, 8, 8)), (["model=vgg9", "dataset=cifar100"], (2, 3, 32, 32))],
+    [
+        ([], (2, 1, 8, 8)),
+        (["model=vgg9", "dataset=cifar100"], (2, 3, 32, 32)),
+        (["model=custom", "dataset=cifar100"], (2, 3, 32, 32)),  # num_classes interpolated
+    ],
 )
 def test_composed_config_builds_the_model(overrides, shape):
     cfg = compose("surface", overrides)
