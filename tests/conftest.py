@@ -7,6 +7,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so Hydra finds nets.TinyConvBN
 
+
+def pytest_configure(config):
+    """One intra-op thread: tests use tiny tensors, and on a shared 2-core machine a second
+    spinning thread per process slows everything down many times over."""
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY_DATA = ["dataset=synthetic", "dataset.in_channels=1", "dataset.image_size=4",
              "dataset.num_classes=3", "dataset.num_train=40", "dataset.num_test=24"]
 
