@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llv.console import LlvError, log, progress
+from llv.console import log, progress
+from llv.distributed import failure
 from llv.storage import SurfaceFile
 
 
@@ -58,10 +59,9 @@ def run_points(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], d
                     try:
                         payload = ("ok", chunks[c], _finite(compute(chunks[c])))
                     except Exception as exc:  # reported to every rank, then raised everywhere
-                        payload = ("error", comm.rank, " ".join(str(exc).split()) or type(exc).__name__,
-                                   isinstance(exc, LlvError))
+                        payload = ("error", failure(exc, comm.rank))
                 gathered = comm.allgather(payload)
-                failures = [p for p in gathered if p is not None and p[0] == "error"]
+                failures = [p[1] for p in gathered if p is not None and p[0] == "error"]
                 for p in gathered:
                     if p is None or p[0] != "ok":
                         continue
@@ -73,10 +73,7 @@ def run_points(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], d
                         file.record(indices, results)
                 if file is not None:
                     file.flush()
-                if failures:
-                    _, rank, message, user_error = failures[0]
-                    prefix = f"rank {rank} failed: " if comm.size > 1 else ""
-                    raise (LlvError if user_error else RuntimeError)(prefix + message)
+                comm.raise_failures(failures)
         finally:
             if file is not None:
                 file.flush(force=True)

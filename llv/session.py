@@ -66,21 +66,29 @@ def start(cfg, result_name: str | None = None, checkpoint=None) -> Session:
     wants_cuda = str(cfg.device).startswith("cuda") or (str(cfg.device) == "auto" and torch.cuda.is_available())
     comm = distributed.init(backend, use_cuda=wants_cuda, timeout_s=float(cfg.dist.get("timeout_s", 600)))
     configure(rank=comm.rank)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and comm.size > 1:
-        device = torch.device("cuda", comm.local_rank % torch.cuda.device_count())
-    from llv.models import build_model
+    try:
+        # every rank builds the model and reads the checkpoint; a failure on any rank (a path
+        # missing on one node, say) is raised on all of them instead of leaving them waiting
+        error, device, model, path, meta = None, None, None, None, None
+        try:
+            device = resolve_device(cfg.device)
+            if device.type == "cuda" and comm.size > 1:
+                device = torch.device("cuda", comm.local_rank % torch.cuda.device_count())
+            from llv.models import build_model
 
-    torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model)
-    path = Path(str(checkpoint)) if checkpoint is not None else default_checkpoint(cfg)
-    meta = load_into(model, path, str(cfg.model.name))
-    model.to(device).eval()
-    digest = comm.bcast(sha256(path) if comm.is_root else None)
-    run_dir, existing = None, None
-    if comm.is_root:
-        run_dir, existing = _run_dir(cfg, result_name)
-    run_dir, existing = comm.bcast((run_dir, existing))
+            torch.manual_seed(int(cfg.seed))
+            model = build_model(cfg.model)
+            path = Path(str(checkpoint)) if checkpoint is not None else default_checkpoint(cfg)
+            meta = load_into(model, path, str(cfg.model.name))
+            model.to(device).eval()
+        except Exception as exc:
+            error = exc
+        comm.agree(error)
+        digest = comm.root_call(sha256, path)
+        run_dir, existing = comm.root_call(_run_dir, cfg, result_name)
+    except BaseException:
+        comm.close()  # stops every rank if this one fails alone
+        raise
     log.info(f"{cfg.command}: model {cfg.model.name} on {cfg.dataset.name}, checkpoint {path}, "
              f"device {device}, {comm.size} rank(s) [{comm.backend}]")
     return Session(cfg, comm, device, model, path, digest, meta, Path(run_dir),
