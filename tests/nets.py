@@ -1,5 +1,8 @@
 """Tiny networks for engine tests, importable by Hydra as ``model=custom model.module._target_=nets.X``."""
 
+import os
+import time
+
 import torch
 from torch import nn
 
@@ -39,3 +42,41 @@ class NoisyNet(TinyConvBN):
 
     def forward(self, x):
         return self.fc(torch.nn.functional.dropout(torch.relu(self.bn(self.conv(x))).flatten(1), 0.5, training=True))
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher (torchrun, mpiexec) tells it; 0 when not launched."""
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+class SlowTinyConvBN(TinyConvBN):
+    """TinyConvBN that sleeps ``delay`` s per forward pass: a run long enough to be killed."""
+
+    def __init__(self, delay: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return super().forward(x)
+
+
+class RankFailingTinyConvBN(TinyConvBN):
+    """TinyConvBN whose forward pass on rank ``fail_rank`` raises (or, with ``hang``, never returns)
+    from its ``after_calls``-th call on: a stand-in for a device error on one node."""
+
+    def __init__(self, fail_rank: int = 1, after_calls: int = 0, hang: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_rank, self.after_calls, self.hang = fail_rank, after_calls, hang
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if launcher_rank() == self.fail_rank and self.calls > self.after_calls:
+            if self.hang:
+                time.sleep(3600)
+            raise RuntimeError(f"simulated device error on rank {self.fail_rank}")
+        return super().forward(x)
