@@ -195,6 +195,38 @@ def test_linear_operator_is_the_hessian(dense_case):
     np.testing.assert_allclose(linear.rmatvec(x), hessian.numpy() @ x, rtol=0, atol=1e-10)
 
 
+def test_loss_callable_and_float_targets_match_the_named_loss():
+    model, inputs, targets = mlp_case()
+    named = HessianOperator(model, inputs, targets, loss="mse", dtype=torch.float64)
+    one_hot = F.one_hot(targets, 3).double()
+    as_floats = HessianOperator(model, inputs, one_hot, loss="mse", dtype=torch.float64)
+    summed = HessianOperator(
+        model,
+        inputs,
+        targets,
+        loss=lambda out, y: F.mse_loss(out, F.one_hot(y, 3).to(out.dtype), reduction="sum"),
+        dtype=torch.float64,
+    )
+    v = torch.randn(named.n, dtype=torch.float64)
+    for other in (as_floats, summed):
+        assert (other.matvec(v) - named.matvec(v)).abs().max() <= 1e-12
+        assert other.loss_value() == pytest.approx(named.loss_value(), rel=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_agrees_with_cpu():
+    model, inputs, targets = conv_bn_case()
+    cpu = HessianOperator(model, inputs, targets, dtype=torch.float64)
+    gpu = HessianOperator(copy.deepcopy(model).cuda(), inputs, targets, dtype=torch.float64)
+    assert gpu.device.type == "cuda"
+    v = torch.randn(cpu.n, dtype=torch.float64)
+    assert (gpu.matvec(v.cuda()).cpu() - cpu.matvec(v)).abs().max() <= 1e-10
+    for estimate in (extreme_eigenvalues, hutchinson_trace):
+        on_gpu, on_cpu = estimate(gpu), estimate(cpu)
+        for key in on_cpu:
+            assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-6)
+
+
 def test_bad_arguments_are_refused():
     model, inputs, targets = mlp_case()
     with pytest.raises(ValueError, match="unknown loss"):
@@ -415,3 +447,37 @@ def test_smooth_density_integrates_to_one_with_the_right_masses():
     np.testing.assert_allclose(single, values, atol=1e-10)  # one run as a 1-D array
     with pytest.raises(ValueError):
         smooth_density([0.0], [1.0], grid, sigma=0.0)
+
+
+@pytest.mark.slow
+def test_lanczos_agrees_with_arpack_on_a_trained_digits_net():
+    """n = 1810 (too big for a dense Hessian here): scipy's eigsh at tol 1e-10 is the reference."""
+    from scipy.sparse.linalg import eigsh
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    inputs = torch.tensor(features[:256] / 16.0, dtype=torch.float32)
+    targets = torch.tensor(labels[:256])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(100):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    op = HessianOperator(model, inputs, targets, dtype=torch.float64, batch_size=100)
+    start = np.random.default_rng(0).standard_normal(op.n)
+    linear = op.as_linear_operator()
+    top = np.sort(eigsh(linear, k=3, which="LA", tol=1e-10, v0=start, return_eigenvectors=False))
+    bottom = np.sort(eigsh(linear, k=3, which="SA", tol=1e-10, v0=start, return_eigenvectors=False))
+    result = extreme_eigenvalues(op, tol=1e-6, max_basis=20)  # restarts
+    assert_relative([result["lambda_max"], result["lambda_min"]], [top[-1], bottom[0]], 1e-6)
+    values, _, _ = top_eigenpairs(op, k=3, tol=1e-6)
+    assert_relative(values, top[::-1], 1e-6)
+    low, _, _ = bottom_eigenpairs(op, k=3, tol=1e-6)
+    assert_relative(low, bottom, 1e-6)
+    trace = hutchinson_trace(op, probes=100)
+    density = spectral_density(op, runs=8, steps=40)
+    slq_trace = op.n * (density["nodes"] * density["weights"]).sum(axis=1).mean()
+    # The SLQ trace is Hutchinson with 8 normalized Rademacher probes: compare within errors.
+    assert abs(slq_trace - trace["trace"]) <= 4 * trace["stderr"] * np.sqrt(100 / 8 + 1)
