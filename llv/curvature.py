@@ -4,8 +4,9 @@
 chosen tensors of a model, as a matrix-free operator: it never forms the matrix, it only
 multiplies it onto vectors (one pass over the data per product). On top of it:
 
-- :func:`extreme_eigenvalues`, :func:`top_eigenpairs`, :func:`bottom_eigenpairs`: implicitly
-  restarted Lanczos (ARPACK, through :func:`scipy.sparse.linalg.eigsh`), paper §6;
+- :func:`extreme_eigenvalues`, :func:`top_eigenpairs`, :func:`bottom_eigenpairs`: Lanczos
+  with full reorthogonalization and thick restart, on the operator's device (paper §6);
+  :meth:`HessianOperator.as_linear_operator` serves scipy's ``eigsh`` as well;
 - :func:`hutchinson_trace`: the trace from Rademacher probes, with its standard error;
 - :func:`spectral_density` and :func:`smooth_density`: stochastic Lanczos quadrature
   (Ghorbani, Krishnan and Xiao, 2019; PyHessian's ``density``).
@@ -435,7 +436,8 @@ def extreme_eigenvalues(
 
     Args:
         op: the Hessian.
-        tol: relative tolerance on the Ritz residuals (see :func:`_lanczos_ends`).
+        tol: a Ritz pair (θ, y) is accepted when ‖Hy − θy‖ ≤ tol · max(|θ|, √eps · |θ|max),
+            i.e. relative, with a floor for eigenvalues near zero.
         maxiter: at most this many Hessian-vector products (default max(1000, 10·max_basis));
             when they run out the eigenvalues are NaN and a warning is logged.
         seed: seed of the Gaussian start vector (drawn on CPU).
