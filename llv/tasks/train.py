@@ -3,12 +3,13 @@
 The run directory holds ``checkpoints/epoch_NNN.pt`` (epoch 0 before training, then every
 ``train.save_every`` epochs and the last), ``metrics.csv`` (one row per epoch, epoch 0 included)
 and ``final.pt``. Epoch checkpoints also store the optimizer, scheduler and random-number
-states, so ``train.resume=true out=RUN_DIR`` continues a stopped run and ends with the same
-weights as an uninterrupted one (bit-identical on the CPU).
+states, so ``train.resume=true out=RUN_DIR`` (default: the newest run) continues a stopped run
+and ends with the same weights as an uninterrupted one (bit-identical on the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -88,12 +89,17 @@ def run(cfg) -> Path:
         row = _row(0, current_lr(optimizer), metrics, time.perf_counter() - began)
         _write_metrics(metrics_path, [row])
         save_epoch(0, row)
+    elif start == epochs and (run_dir / "final.pt").is_file():
+        log.info("%s is complete (epoch %d of %d); nothing to do", run_dir, start, epochs)
+        return run_dir
     else:
         row = _read_metrics(metrics_path)[-1]
 
     steps = len(loader)
     warned = False
-    with progress(epochs * steps, "train", unit="steps", completed=start * steps) as bar:
+    epoch = start
+    with _resume_hint(run_dir, lambda: epoch), \
+            progress(epochs * steps, "train", unit="steps", completed=start * steps) as bar:
         for epoch in range(start + 1, epochs + 1):
             began = time.perf_counter()
             lr = current_lr(optimizer)
@@ -116,6 +122,17 @@ def run(cfg) -> Path:
     final = save_checkpoint(run_dir / "final.pt", model, epochs, cfg, row)
     log.info("saved %s (test acc %.2f %%)", final, row["test_acc"])
     return run_dir
+
+
+@contextlib.contextmanager
+def _resume_hint(run_dir: Path, current_epoch):
+    """On Ctrl-C, say how to continue (the checkpoints written so far are complete files)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        log.info("stopped in epoch %d; continue with: llv train train.resume=true out=%s "
+                 "(and the same overrides)", current_epoch(), run_dir)
+        raise
 
 
 def _check_settings(cfg) -> tuple[int, int]:
@@ -149,9 +166,15 @@ def _resume(cfg, model, optimizer, scheduler, generator) -> tuple[Path, int]:
     from llv.config import make_run_dir
     from llv.training import load_scheduler_state, set_rng_state
 
-    if not cfg.get("out"):
-        raise LlvError("train.resume=true needs the run directory to continue: out=RUN_DIR")
-    run_dir = Path(str(cfg.out))
+    if cfg.get("out"):
+        run_dir = Path(str(cfg.out))
+    else:  # the newest training run
+        latest = Path(str(cfg.get("outputs") or "outputs")) / "train" / "latest"
+        if not latest.is_dir():
+            raise LlvError(f"train.resume=true needs a run to continue: pass out=RUN_DIR "
+                           f"({latest} does not exist)")
+        run_dir = latest.resolve()
+        cfg.out = str(run_dir)  # make_run_dir then reuses it
     found = last_checkpoint(run_dir)
     if found is None:
         log.info("nothing to resume in %s (no checkpoints/epoch_*.pt): training from the start",
