@@ -229,6 +229,15 @@ def test_resume_refuses_another_model(short_run, tmp_path):
         train(compose("train", overrides(stopped, "model=resnet8_noshort", "train.resume=true")))
 
 
+def test_a_fresh_run_refuses_a_directory_that_holds_a_run(short_run):
+    from llv.console import LlvError
+
+    before = (short_run / "final.pt").stat().st_mtime_ns
+    with pytest.raises(LlvError, match="already holds a training run \\(up to epoch 3\\)"):
+        train(compose("train", overrides(short_run)))
+    assert (short_run / "final.pt").stat().st_mtime_ns == before
+
+
 def test_missing_data_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "llv", "train", "dataset=cifar10", f"dataset.root={tmp_path}",

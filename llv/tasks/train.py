@@ -58,6 +58,7 @@ def run(cfg) -> Path:
     if train_cfg.get("resume"):
         run_dir, start = _resume(cfg, model, optimizer, scheduler, generator)
     else:
+        _refuse_existing_run(cfg)
         run_dir, start = make_run_dir(cfg), 0
     checkpoints = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.csv"
@@ -158,6 +159,16 @@ def last_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pt")
              if (m := _EPOCH_FILE.match(p.name))]
     return max(found) if found else None
+
+
+def _refuse_existing_run(cfg) -> None:
+    """A fresh run must not mix its checkpoints with an older run's in the same ``out=``."""
+    if not cfg.get("out"):
+        return
+    found = last_checkpoint(Path(str(cfg.out)))
+    if found is not None:
+        raise LlvError(f"{cfg.out} already holds a training run (up to epoch {found[0]}): continue "
+                       "it with train.resume=true, or pass another out=")
 
 
 def _resume(cfg, model, optimizer, scheduler, generator) -> tuple[Path, int]:
