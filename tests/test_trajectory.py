@@ -185,6 +185,21 @@ def test_identical_checkpoints_and_short_paths_are_one_line_errors(tmp_path):
         tr.path_pca(space, write_path(tmp_path, space, [final + 1, final]))
 
 
+def test_final_pt_ends_the_path_when_its_epoch_has_no_epoch_file(tmp_path):
+    space, final = tiny_space()
+    (tmp_path / "checkpoints").mkdir()
+    for epoch, path in enumerate(write_path(tmp_path / "checkpoints", space, [final] * 3)):
+        assert path.name == f"epoch_{epoch:03d}.pt"
+    torch.save({"state_dict": {}, "epoch": 5}, tmp_path / "final.pt")
+    rows = [("epoch", "lr"), *((e, 0.1) for e in range(6))]
+    (tmp_path / "metrics.csv").write_text("\n".join(f"{e},{lr}" for e, lr in rows) + "\n")
+    saved = tr.saved_epochs(tmp_path)
+    assert list(saved) == [0, 1, 2, 5] and saved[5].name == "final.pt"
+    write_path(tmp_path / "checkpoints", space, [final] * 6)  # epoch_005.pt now exists
+    saved = tr.saved_epochs(tmp_path)
+    assert list(saved) == [0, 1, 2, 3, 4, 5] and saved[5].name == "epoch_005.pt"
+
+
 # ------------------------------------------------------------------------------ a real train run
 
 
