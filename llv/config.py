@@ -102,7 +102,11 @@ def _hydra_message(exc: Exception, command: str, overrides: list[str]) -> str:
         return text
     key = unknown.group(1)
     parent, _, _ = key.rpartition(".")
-    valid = _keys_at(command, [o for o in overrides if o.partition("=")[0] in GROUPS], parent)
+    group_overrides = [o for o in overrides if o.partition("=")[0] in GROUPS]
+    valid = _keys_at(command, group_overrides, parent)
+    while parent and not valid:  # the parent itself is unknown: list its own parent's keys
+        key, (parent, _, _) = parent, parent.rpartition(".")
+        valid = _keys_at(command, group_overrides, parent)
     where = f" under '{parent}'" if parent else ""
     return f"unknown config key '{key}'; valid keys{where}: {', '.join(valid)} (prefix with + to add a new key)"
 
@@ -119,7 +123,7 @@ def _keys_at(command: str, group_overrides: list[str], path: str) -> list[str]:
             cfg = hydra_compose(config_name=command, overrides=group_overrides)
     finally:
         GlobalHydra.instance().clear()
-    node = OmegaConf.select(cfg, path) if path else cfg
+    node = OmegaConf.select(cfg, path, default=None) if path else cfg
     return sorted(str(k) for k in node.keys()) if OmegaConf.is_dict(node) else []
 
 

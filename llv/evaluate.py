@@ -45,6 +45,28 @@ def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "ce
     raise LlvError(f"unknown loss '{loss}'; valid: {', '.join(LOSSES)}")
 
 
+class PointMap:
+    """θ + Σ_j c_j d_j as ``name -> (k, *shape)`` tensors, from kept copies of θ and the directions.
+
+    >>> import torch
+    >>> from llv.params import ParameterSpace
+    >>> space = ParameterSpace.of(torch.nn.Linear(1, 1, bias=False))
+    >>> points = PointMap(space, {"weight": torch.tensor([[2.0]])}, torch.tensor([[1.0], [10.0]]))
+    >>> points.tensors(torch.tensor([[1.0, 0.5]]))["weight"]
+    tensor([[[8.]]])
+    """
+
+    def __init__(self, space: ParameterSpace, base: Mapping[str, torch.Tensor], directions: torch.Tensor,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.space = space
+        self.theta = flatten(space, [base[n] for n in space.names]).to(device, dtype)
+        self.directions = directions.to(device, dtype)
+
+    def tensors(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.theta + torch.as_tensor(coefficients).to(self.theta) @ self.directions
+        return unflatten(self.space, flat)
+
+
 @dataclass
 class Batch:
     inputs: torch.Tensor
@@ -89,8 +111,8 @@ class PointEvaluator:
         state = full_state(model)
         perturbed = set(space.perturbed)
         self.fixed = {n: t for n, t in state.items() if n not in perturbed}
-        self.theta = flatten(space, [base[n] for n in space.names]).to(self.device, dtype)
-        self.directions = directions.to(self.device, dtype)
+        self.points = PointMap(space, base, directions, self.device, dtype)
+        self.theta = self.points.theta
         memory = torch.channels_last if channels_last else torch.contiguous_format
         self.batches = {
             split: [Batch(d.inputs[i:i + self.batch_size].to(self.device, dtype).contiguous(memory_format=memory)
@@ -117,9 +139,7 @@ class PointEvaluator:
 
     def point_tensors(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ + coefficients @ directions as ``name -> (k, *shape)`` tensors."""
-        coefficients = coefficients.to(self.theta)
-        flat = self.theta + coefficients @ self.directions
-        return unflatten(self.space, flat)
+        return self.points.tensors(coefficients)
 
     @torch.no_grad()
     def evaluate(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ function over the same grid, file and loop).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +148,39 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
                     extra_attrs: dict | None = None) -> SurfaceFile | None:
     """Evaluate loss/accuracy over ``grid``; returns the finished file on rank 0 (None elsewhere)."""
     cfg = session.cfg
-    if grid.ndim == 0:
-        raise LlvError(f"llv {cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
-    space = ParameterSpace.of(session.model, str(cfg.direction.type))
-    existing_attrs = _existing_attrs(session)
-    if directions is None:
-        directions, dir_file = obtain_directions(session, space, grid.ndim, existing_attrs)
+    space, directions, dir_file = grid_directions(session, grid, directions, dir_file)
     evaluator = build_evaluator(session, space, directions)
+    probe = run_probe(evaluator, directions, space, space.values(session.model), session.checkpoint_meta,
+                      list(cfg.eval.splits), cfg.eval.max_samples, str(cfg.get("probe", True)))
+    file = compute_grid(session, grid, space, directions, dir_file, evaluator.metrics,
+                        lambda rows: evaluator.evaluate(rows), filename, coordinate_names,
+                        {**probe, **(extra_attrs or {})})
+    _verify_theta_untouched(session, space, evaluator)
+    return file
+
+
+def grid_directions(session: Session, grid: GridSpec, directions: dirs.Directions | None = None,
+                    dir_file: Path | None = None) -> tuple[ParameterSpace, dirs.Directions, Path | None]:
+    """The parameter space and the plot directions of a grid run (given, from a file, or new)."""
+    if grid.ndim == 0:
+        raise LlvError(f"llv {session.cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
+    space = ParameterSpace.of(session.model, str(session.cfg.direction.type))
+    if directions is None:
+        directions, dir_file = obtain_directions(session, space, grid.ndim, _existing_attrs(session))
+    dirs.log_summary(directions)
+    return space, directions, dir_file
+
+
+def compute_grid(session: Session, grid: GridSpec, space: ParameterSpace, directions: dirs.Directions,
+                 dir_file: Path | None, metrics: list[str], point_function: Callable,
+                 filename: str, coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates"),
+                 extra_attrs: dict | None = None) -> SurfaceFile | None:
+    """Any per-point function over a grid of direction coefficients: file, resume, ranks, summary.
+
+    ``point_function(rows)`` takes a (k, D) tensor of coefficients over the directions' D axes
+    and returns ``metric -> (k,)`` values (tensors or arrays).
+    """
+    cfg = session.cfg
     ensemble = directions.ensemble
     shape = grid.shape if ensemble == 1 else (ensemble, *grid.shape)
     provenance = {"checkpoint_sha256": session.checkpoint_sha256, "direction_sha256": directions.digest()}
@@ -165,19 +192,15 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         "world_size": session.comm.size, "seconds": 0.0, "loss": str(cfg.loss), "ensemble": ensemble,
         "splits": ",".join(cfg.eval.splits), "bn": str(cfg.eval.get("bn", "stored")), **(extra_attrs or {}),
     }
-    dirs.log_summary(directions)
-    attrs.update(run_probe(evaluator, directions, space, space.values(session.model), session.checkpoint_meta,
-                           list(cfg.eval.splits), cfg.eval.max_samples, str(cfg.get("probe", True))))
     file = open_result(session, session.run_dir / filename, coordinates_of(grid, coordinate_names), shape,
-                       evaluator.metrics, provenance, attrs)
+                       metrics, provenance, attrs)
 
     def compute(indices: np.ndarray) -> dict[str, np.ndarray]:
         rows = torch.from_numpy(coefficient_rows(grid, grid.ndim, ensemble, indices))
-        return {k: v.cpu().numpy() for k, v in evaluator.evaluate(rows).items()}
+        return {k: np.asarray(v.cpu() if torch.is_tensor(v) else v) for k, v in point_function(rows).items()}
 
     stats = run_points(session.comm, file, compute, int(cfg.eval.chunk_points),
                        description=f"{cfg.command} {grid.describe()}", stop_after=cfg.get("stop_after_points"))
-    _verify_theta_untouched(session, space, evaluator)
     if file is not None:
         finish(session, file, grid, stats, coordinate_names, ensemble)
     return file
@@ -209,7 +232,7 @@ def finish(session: Session, file: SurfaceFile, grid: GridSpec, stats: LoopStats
     y = file.coordinates.get(coordinate_names[1])
     rows = []
     if file.done.all():
-        for split in cfg.eval.splits:
+        for split in [s for s in cfg.eval.splits if f"{s}_acc" in file.values]:
             summary = summarize(file.values, x, y, str(split), float(cfg.summary.eps), ensemble)
             file.set_attrs(**{f"summary_{k}": v for k, v in summary.items()})
             rows += [(k, v) for k, v in summary.items()]
