@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoint, tiny_overrides
 from torch.func import functional_call
 
-from conftest import save_tiny_checkpoint, tiny_overrides
 from llv import directions as dirs
 from llv.checkpoint import load_into
 from llv.config import compose
