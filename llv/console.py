@@ -57,7 +57,10 @@ def shows_output() -> bool:
 
 
 def error_line(message: str) -> None:
-    """Print a user error as one line on stderr (always, even with ``-q``)."""
+    """Print a user error as one line on stderr (even with ``-q``), from rank 0 only: errors that
+    reach the command line are known to every rank, and one line is enough."""
+    if _state["rank"] != 0:
+        return
     first = " ".join(str(message).split())
     print(f"llv: error: {first}", file=sys.stderr)
 

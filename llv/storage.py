@@ -83,6 +83,8 @@ class SurfaceFile:
             metrics = [k for k in f.keys() if k not in coordinates and k != "done" and f[k].shape == done.shape]
             values = {m: f[m][()] for m in metrics}
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
+        for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a kill during a rewrite
+            stale.unlink(missing_ok=True)
         surface = cls(path, coordinates, done.shape, metrics, attrs, values, done)
         surface._dirty = False
         return surface

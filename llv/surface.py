@@ -189,7 +189,8 @@ def compute_grid(session: Session, grid: GridSpec, space: ParameterSpace, direct
         "norm": directions.attrs.get("norm"), "type": space.type, "kind": directions.attrs.get("kind"),
         "ignore": directions.attrs.get("ignore"), "checkpoint": str(session.checkpoint),
         "dir_file": str(dir_file) if dir_file else None, "config": to_yaml(cfg), "llv_version": __version__,
-        "world_size": session.comm.size, "seconds": 0.0, "loss": str(cfg.loss), "ensemble": ensemble,
+        "world_size": session.comm.size, "dist_backend": session.comm.backend, "seconds": 0.0,
+        "loss": str(cfg.loss), "ensemble": ensemble,
         "splits": ",".join(cfg.eval.splits), "bn": str(cfg.eval.get("bn", "stored")), **(extra_attrs or {}),
     }
     file = open_result(session, session.run_dir / filename, coordinates_of(grid, coordinate_names), shape,
@@ -226,7 +227,7 @@ def finish(session: Session, file: SurfaceFile, grid: GridSpec, stats: LoopStats
     """Summary attrs, the console table, timing; flushed."""
     cfg = session.cfg
     seconds = float(file.attrs.get("seconds") or 0.0) + stats.seconds
-    file.set_attrs(seconds=seconds, world_size=session.comm.size,
+    file.set_attrs(seconds=seconds, world_size=session.comm.size, dist_backend=session.comm.backend,
                    points_per_second=stats.points_per_second, nonfinite_count=int(stats.nonfinite))
     x = file.coordinates[coordinate_names[0]]
     y = file.coordinates.get(coordinate_names[1])
