@@ -49,7 +49,8 @@ def operator_at(session: Session, state: dict[str, torch.Tensor] | None = None) 
 
 
 def analyse_point(session: Session) -> dict:
-    """λmax, λmin, top-k, trace and spectral density at the checkpoint, with HVP counts."""
+    """λmax, λmin, top-k, trace and spectral density at the checkpoint, with HVP counts; with
+    ``sharpness.enabled`` (default) also :func:`llv.sharpness.measure_point`'s measures and gap."""
     h = session.cfg.hessian
     op = operator_at(session)
     result = {"loss": op.loss_value(), "dimension": op.n}
@@ -76,6 +77,13 @@ def analyse_point(session: Session) -> dict:
     result.update(density_nodes=nodes, density_weights=weights, density_grid=grid,
                   density=smooth_density(nodes, weights, grid, sigma), density_sigma=sigma,
                   num_hvp_density=density["num_hvp"])
+    sharpness = session.cfg.get("sharpness")
+    if sharpness is not None and sharpness.get("enabled", True):
+        from llv.sharpness import measure_point
+
+        measured = measure_point(session, lambda state=None: operator_at(session, state))
+        timings.update(measured.pop("seconds"))
+        result.update(measured)
     result["seconds"] = timings
     return result
 
@@ -115,6 +123,10 @@ def report_point(result: dict) -> None:
          result["num_hvp_density"]),
     ]
     print_table("Hessian at the checkpoint", ["figure", "value", "Hessian-vector products"], rows)
+    if "epsilon_sharpness" in result:
+        from llv.sharpness import report_sharpness
+
+        report_sharpness(result)
 
 
 # ------------------------------------------------------------------------------ over a grid
@@ -178,3 +190,23 @@ def hessian_directions(session: Session, space: ParameterSpace, values, ndim: in
     return dirs.Directions(space, axes, ndim, {"kind": "hessian", "norm": "none", "ignore": "none",
                                                "type": space.type, "seed": seed,
                                                "eigenvalues": np.asarray(eigenvalues)})
+
+
+# ------------------------------------------------------------------------------ cross-check
+
+
+def directional_curvatures(session: Session, directions: dirs.Directions, split: str) -> list[float]:
+    """dᵀHd for every axis of ``directions`` on the surface's own data and loss (one HVP each)."""
+    data = session.eval_data()[split]
+    loss = str(session.cfg.loss)
+    op = HessianOperator(session.model, data.inputs, data.targets,
+                         loss=lambda outputs, targets: per_sample_loss(outputs, targets, loss).sum(),
+                         batch_size=int(session.cfg.eval.batch_size),
+                         dtype=torch.float64 if str(session.cfg.eval.precision) == "fp64" else None)
+    names = directions.space.names
+    curvatures = []
+    for axis in directions.axes:
+        by_name = dict(zip(names, axis))
+        v = op.flatten({n: by_name[n].to(op.device, op.dtype) for n in op.wrt})
+        curvatures.append(float(v @ op.matvec(v)))
+    return curvatures

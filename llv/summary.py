@@ -25,6 +25,15 @@ def second_difference(values: np.ndarray, coordinates: np.ndarray) -> float:
     return float(2 * (h1 * values[i + 1] - (h1 + h2) * values[i] + h2 * values[i - 1]) / (h1 * h2 * (h1 + h2)))
 
 
+def discretization_error(values: np.ndarray, coordinates: np.ndarray) -> float:
+    """Error estimate of :func:`second_difference`: |D(2h) − D(h)| / 3 (Richardson), NaN without ±2h."""
+    i = _centre_index(coordinates)
+    if i < 2 or i > len(coordinates) - 3:
+        return float("nan")
+    wide = second_difference(values[i - 2:i + 3:2], coordinates[i - 2:i + 3:2])
+    return abs(wide - second_difference(values, coordinates)) / 3
+
+
 def flatness_radius(values: np.ndarray, coordinates: np.ndarray, eps: float) -> float:
     """Distance from the centre where the loss first exceeds centre + eps (min over both sides)."""
     i = _centre_index(coordinates)
@@ -66,12 +75,14 @@ def summarize(values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray | None
         "nan_count": int(np.isnan(loss_all).sum()),
     }
     for axis in ("x", "y") if y is not None else ("x",):
-        curvatures, radii = [], []
+        curvatures, radii, errors = [], [], []
         for loss in members:
             profile, coordinates = axis_profiles(loss, x, y)[axis]
             curvatures.append(second_difference(profile, coordinates))
+            errors.append(discretization_error(profile, coordinates))
             radii.append(flatness_radius(profile, coordinates, eps))
         out[f"curvature_{axis}"] = float(np.mean(curvatures))
+        out[f"curvature_{axis}_error"] = float(np.mean(errors))
         out[f"flatness_radius_{axis}"] = float(np.mean(radii))
         if ensemble > 1:
             with np.errstate(invalid="ignore"):  # inf radii (flat over the grid) have no spread

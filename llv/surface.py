@@ -156,7 +156,40 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
                         lambda rows: evaluator.evaluate(rows), filename, coordinate_names,
                         {**probe, **(extra_attrs or {})})
     _verify_theta_untouched(session, space, evaluator)
+    if file is not None and file.done.all() and space.type == "weights" and cfg.summary.get("cross_check", True):
+        cross_check_curvature(session, directions, file, grid)
     return file
+
+
+def cross_check_curvature(session: Session, directions: dirs.Directions, file: SurfaceFile, grid: GridSpec) -> None:
+    """Second-difference curvature at the centre beside dᵀHd along the same directions (rank 0)."""
+    from llv.hessian import directional_curvatures
+
+    split = str(session.cfg.eval.splits[0])
+    exact = np.asarray(directional_curvatures(session, directions, split)).reshape(directions.ensemble,
+                                                                                   directions.ndim)
+    rows, attrs = [], {}
+    for a, axis in enumerate("xy"[:directions.ndim]):
+        estimate = float(file.attrs.get(f"summary_{split}_curvature_{axis}", np.nan))
+        error = float(file.attrs.get(f"summary_{split}_curvature_{axis}_error", np.nan))
+        hvp = float(exact[:, a].mean())
+        relative = abs(estimate - hvp) / max(abs(hvp), 1e-12)
+        attrs.update({f"summary_{split}_curvature_{axis}_hvp": hvp,
+                      f"summary_{split}_curvature_{axis}_reldiff": relative})
+        rows.append((axis, estimate, error, hvp, relative))
+    file.set_attrs(**attrs)
+    file.flush(force=True)
+    print_table("curvature at the centre: grid second difference vs dᵀHd (one Hessian-vector product)",
+                ["axis", "second difference", "± discretization", "dᵀHd", "relative difference"], rows)
+    if any(_disagree(estimate, error, hvp) for _, estimate, error, hvp, _ in rows):
+        log.warning("the grid's curvature differs from dᵀHd by more than its discretization error: "
+                    "the grid is too coarse near the centre or the loss is not smooth there")
+
+
+def _disagree(estimate: float, error: float, hvp: float) -> bool:
+    """More apart than the discretization error allows (10 % when the grid gives no estimate)."""
+    tolerance = 3 * error if np.isfinite(error) else 0.1 * abs(hvp)
+    return abs(estimate - hvp) > max(tolerance, 1e-9 * abs(hvp))
 
 
 def grid_directions(session: Session, grid: GridSpec, directions: dirs.Directions | None = None,

@@ -80,3 +80,10 @@ class RankFailingTinyConvBN(TinyConvBN):
                 time.sleep(3600)
             raise RuntimeError(f"simulated device error on rank {self.fail_rank}")
         return super().forward(x)
+
+
+class TinySmoothNet(TinyConvBN):
+    """tanh instead of relu: a smooth loss, so finite differences converge to the Hessian."""
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
