@@ -2,8 +2,8 @@
 
 import h5py
 import pytest
-
 from conftest import save_tiny_checkpoint, tiny_overrides
+
 from llv.config import compose
 from llv.tasks import surface as surface_task
 
