@@ -192,6 +192,11 @@ def test_ensemble_1d_draws_median_band_and_members(tmp_path):
     np.testing.assert_allclose(median[0].get_ydata(), X7**2 + 2)
     assert len(ax.get_lines()) == 6  # five faint members and the median
     assert len(ax.collections) == 1  # the 10-90 % band
+    members = np.stack([X7**2 + k for k in range(5)])
+    band = ax.collections[0].get_paths()[0].vertices  # every vertex is (alpha, loss) on the band's edge
+    for alpha, loss in band:
+        column = members[:, np.argmin(np.abs(X7 - alpha))]
+        assert column.min() - 1e-9 <= loss <= column.max() + 1e-9
 
 
 # ------------------------------------------------------------------------------ every kind
