@@ -32,7 +32,15 @@ def run(cfg) -> Path:
     from llv.data import load_eval_data, load_split
     from llv.device import resolve_device
     from llv.models import build_model
-    from llv.training import build_optimizer, build_scheduler, current_lr, train_epoch
+    from llv.training import (
+        build_optimizer,
+        build_scheduler,
+        current_lr,
+        evaluate_model,
+        rng_state,
+        scheduler_state,
+        train_epoch,
+    )
 
     train_cfg = cfg.train
     epochs, save_every = _check_settings(cfg)
@@ -64,8 +72,6 @@ def run(cfg) -> Path:
     metrics_path = run_dir / "metrics.csv"
 
     def evaluate_all() -> dict[str, float]:
-        from llv.training import evaluate_model
-
         batch = int(cfg.eval.batch_size)
         values = {}
         for split, data in eval_data.items():
@@ -74,8 +80,6 @@ def run(cfg) -> Path:
         return values
 
     def save_epoch(epoch: int, metrics: dict) -> None:
-        from llv.training import rng_state, scheduler_state
-
         extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler_state(scheduler),
                  "rng": rng_state(generator)}
         save_checkpoint(checkpoints / f"epoch_{epoch:03d}.pt", model, epoch, cfg, metrics, extra)
