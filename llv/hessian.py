@@ -139,8 +139,10 @@ def map_point_function(session: Session, space: ParameterSpace, directions: dirs
     split = str(session.cfg.eval.splits[0])
     tol, seed = float(session.cfg.hessian.tol), int(session.cfg.seed)
 
+    metrics = ["max_eig", "min_eig", f"{split}_loss"]
+
     def point_function(rows: torch.Tensor) -> dict[str, np.ndarray]:
-        out = {"max_eig": [], "min_eig": [], f"{split}_loss": []}
+        out = {name: [] for name in metrics}
         for row in rows:
             state = {n: t[0] for n, t in points.tensors(row[None]).items()}
             op = operator_at(session, state)
@@ -150,11 +152,7 @@ def map_point_function(session: Session, space: ParameterSpace, directions: dirs
             out[f"{split}_loss"].append(op.loss_value())
         return {k: np.asarray(v) for k, v in out.items()}
 
-    return point_function, list(out_names(split))
-
-
-def out_names(split: str) -> tuple[str, ...]:
-    return ("max_eig", "min_eig", f"{split}_loss")
+    return point_function, metrics
 
 
 def compute_map(session: Session, grid: GridSpec):
