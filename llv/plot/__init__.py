@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llv.console import LlvError
-from llv.plot import hessian, surface, trajectory, vtk, weights
+from llv.plot import hessian, sharpness, surface, trajectory, vtk, weights
 from llv.plot._figure import DPI, PlotOptions
 from llv.plot.html import HTML_KINDS
 from llv.plot.io import Surface, load_hessian_point, load_projection, load_surface
@@ -55,6 +55,7 @@ KINDS: dict[str, Kind] = {
     "spectrum": Kind(hessian.plot_spectrum),
     "weights": Kind(weights.plot_weights, all_inputs=True),
     "compare": Kind(surface.plot_compare, all_inputs=True),
+    "sharpness": Kind(sharpness.plot_sharpness, all_inputs=True),
 }
 
 

@@ -1,0 +1,227 @@
+"""Sharpness versus generalization: one row per model, and each measure against the gap.
+
+``llv plot sharpness RUN_OR_FILE...`` reads ``llv hessian`` point files (``hessian.h5``, or run
+folders holding one), prints a table of every curvature and sharpness measure with the train/test
+figures, writes it as Markdown and CSV next to the first input (``<stem>_sharpness.md``/``.csv``,
+or beside ``--out``), and draws one scatter panel per measure against the generalization gap
+(test − train loss) with Kendall's τ (:func:`scipy.stats.kendalltau`, τ-b) in its title. The
+Markdown adds τ of every measure with the loss gap, the accuracy gap and the test error.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from llv.console import LlvError, log, print_table
+from llv.plot._figure import PlotOptions, new_figure, run_label, save_figure
+from llv.plot.io import load_hessian_point
+
+#: Stored attribute -> column header, in table order (``model`` is the row's label).
+COLUMNS: dict[str, str] = {
+    "lambda_max": "λmax",
+    "lambda_min": "λmin",
+    "trace": "trace",
+    "epsilon_sharpness": "ε-sharpness",
+    "adaptive_sharpness": "adaptive sharpness",
+    "direction_increase": "direction increase",
+    "direction_increase_std": "± std",
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+    "train_acc": "train acc (%)",
+    "test_acc": "test acc (%)",
+    "gap_loss": "gap (test − train loss)",
+    "gap_acc": "gap (train − test acc)",
+    "test_error": "test error (%)",
+}
+
+#: The measures drawn against the gap, each with the attribute of its error bar (or None).
+MEASURES: dict[str, str | None] = {
+    "lambda_max": None,
+    "lambda_min": None,
+    "trace": "trace_stderr",
+    "epsilon_sharpness": None,
+    "adaptive_sharpness": None,
+    "direction_increase": "direction_increase_std",
+}
+
+#: What each measure is correlated with in the Markdown; the figure uses the first.
+GAPS = ("gap_loss", "gap_acc", "test_error")
+
+
+@dataclass
+class ModelRow:
+    """One model: its label, the file it came from, and the stored values (NaN if absent)."""
+
+    label: str
+    path: Path
+    values: dict[str, float]
+
+
+def resolve_input(path: Path) -> Path:
+    """A ``hessian.h5`` file, or the one inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "hessian.h5"
+        if not inside.is_file():
+            raise LlvError(f"{path} holds no hessian.h5 "
+                           "(make one with 'llv hessian checkpoint=...')")
+        return inside
+    return path
+
+
+def model_label(path: Path, attrs: dict) -> str:
+    """The run's name, else the checkpoint's training run (and file, unless ``final``).
+
+    >>> model_label(Path("out/2024-01-01_00-00-00/hessian.h5"),
+    ...             {"checkpoint": "train/2024-01-01_00-00-00_sam/checkpoints/epoch_010.pt"})
+    'sam/epoch_010'
+    """
+    folder = Path(path).resolve().parent.name
+    label = run_label(Path(path))
+    if label != folder:  # the run folder has a name after its timestamp
+        return label
+    checkpoint = attrs.get("checkpoint")
+    if not checkpoint:
+        return label
+    checkpoint = Path(str(checkpoint))
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    name = run_label(Path(f"{run.name}.pt")) if run.name else ""  # the folder name, no timestamp
+    return f"{name}/{checkpoint.stem}" if checkpoint.stem != "final" else (name or checkpoint.stem)
+
+
+def read_rows(paths: list[Path]) -> list[ModelRow]:
+    """One :class:`ModelRow` per input, labels made unique; warns about measures not stored."""
+    rows, seen = [], {}
+    for given in paths:
+        path = resolve_input(given)
+        point = load_hessian_point(path)
+        attrs = point.attrs
+        if "lambda_max" not in attrs:
+            raise LlvError(f"{path} is not an llv hessian point file (no lambda_max attribute)")
+        wanted = (*COLUMNS, *filter(None, MEASURES.values()))
+        values = {key: _number(attrs.get(key)) for key in wanted}
+        missing = [key for key in COLUMNS if math.isnan(values[key])]
+        if missing:
+            log.warning(f"{path}: no {', '.join(missing)} (an older file, or no test split?)")
+        label = model_label(path, attrs)
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label} ({seen[label]})"
+        rows.append(ModelRow(label, path, values))
+    return rows
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def kendall_tau(x, y) -> tuple[float, int]:
+    """τ-b over the finite pairs (NaN below two pairs or for a constant), and their count."""
+    from scipy.stats import kendalltau
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.sum() < 2:
+        return math.nan, int(finite.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant input: scipy warns and returns NaN
+        return float(kendalltau(x[finite], y[finite]).statistic), int(finite.sum())
+
+
+def correlations(rows: list[ModelRow]) -> dict[str, dict[str, tuple[float, int]]]:
+    """measure -> gap -> (Kendall's τ, number of models with both values)."""
+    def tau(measure: str, gap: str) -> tuple[float, int]:
+        return kendall_tau([r.values[measure] for r in rows], [r.values[gap] for r in rows])
+
+    return {m: {g: tau(m, g) for g in GAPS} for m in MEASURES}
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def write_csv(rows: list[ModelRow], out: Path) -> Path:
+    """Machine-readable table: ``model``, every :data:`COLUMNS` key, ``file``."""
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", *COLUMNS, "file"])
+        for row in rows:
+            writer.writerow([row.label, *(repr(row.values[k]) for k in COLUMNS), str(row.path)])
+    log.info("wrote %s", out)
+    return out
+
+
+def write_markdown(rows: list[ModelRow], taus: dict, out: Path) -> Path:
+    """The table and Kendall's τ of every measure with every gap."""
+    lines = ["# Sharpness versus generalization", "",
+             "| model | " + " | ".join(COLUMNS.values()) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    lines += [f"| {row.label} | " + " | ".join(_cell(row.values[k]) for k in COLUMNS) + " |"
+              for row in rows]
+    lines += ["", "## Kendall's τ with the generalization gap", "",
+              "| measure | " + " | ".join(f"τ vs {COLUMNS[g]}" for g in GAPS) + " | models |",
+              "|---|" + "---:|" * (len(GAPS) + 1)]
+    for measure, by_gap in taus.items():
+        count = by_gap[GAPS[0]][1]
+        lines.append(f"| {COLUMNS[measure]} | "
+                     + " | ".join(_cell(by_gap[g][0]) for g in GAPS) + f" | {count} |")
+    lines += ["", f"Inputs: {', '.join(str(r.path) for r in rows)}", ""]
+    out.write_text("\n".join(lines))
+    log.info("wrote %s", out)
+    return out
+
+
+def figure_sharpness(rows: list[ModelRow], taus: dict, options: PlotOptions) -> Figure:
+    """One panel per measure: the measure (x) against the loss gap (y), τ in the title."""
+    gap = GAPS[0]
+    columns = 3
+    figure = new_figure(4.0 * columns, 3.4 * math.ceil(len(MEASURES) / columns))
+    axes = figure.subplots(math.ceil(len(MEASURES) / columns), columns, squeeze=False).ravel()
+    y = np.array([r.values[gap] for r in rows])
+    for ax, (measure, error) in zip(axes, MEASURES.items()):
+        x = np.array([r.values[measure] for r in rows])
+        xerr = np.array([r.values[error] for r in rows]) if error else None
+        if xerr is not None and not np.isfinite(xerr).any():
+            xerr = None
+        ax.errorbar(x, y, xerr=xerr, fmt="o", color="tab:blue", ecolor="0.6", capsize=2)
+        for label, xi, yi in zip((r.label for r in rows), x, y):
+            if np.isfinite(xi) and np.isfinite(yi):
+                ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(3, 3),
+                            fontsize="x-small")
+        if options.log and np.all(x[np.isfinite(x)] > 0):
+            ax.set_xscale("log")
+        tau, count = taus[measure][gap]
+        ax.set_title(f"{COLUMNS[measure]}: Kendall τ = {_cell(tau) or 'n/a'} (n = {count})",
+                     fontsize="medium")
+        ax.set_xlabel(COLUMNS[measure])
+        ax.set_ylabel(COLUMNS[gap])
+    for ax in axes[len(MEASURES):]:
+        ax.set_visible(False)
+    return figure
+
+
+def plot_sharpness(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
+    """``llv plot sharpness``: the table (console, Markdown, CSV) and the scatter figure."""
+    rows = read_rows(paths)
+    taus = correlations(rows)
+    # one column per model: a row per model would not fit a terminal
+    print_table("Sharpness versus generalization", ["", *(r.label for r in rows)],
+                [(header, *(r.values[key] for r in rows)) for key, header in COLUMNS.items()])
+    print_table("Kendall's τ with the generalization gap",
+                ["measure", *(f"τ vs {COLUMNS[g]}" for g in GAPS)],
+                [(COLUMNS[m], *(by_gap[g][0] for g in GAPS)) for m, by_gap in taus.items()])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    markdown = write_markdown(rows, taus, out.with_suffix(".md"))
+    table = write_csv(rows, out.with_suffix(".csv"))
+    figure = save_figure(figure_sharpness(rows, taus, options), out, options.fmt)
+    return [figure, markdown, table]
