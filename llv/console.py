@@ -56,10 +56,11 @@ def shows_output() -> bool:
     return not _state["quiet"] and _state["rank"] == 0
 
 
-def error_line(message: str) -> None:
+def error_line(message: str, every_rank: bool = False) -> None:
     """Print a user error as one line on stderr (even with ``-q``), from rank 0 only: errors that
-    reach the command line are known to every rank, and one line is enough."""
-    if _state["rank"] != 0:
+    reach the command line are known to every rank, and one line is enough. A failure only this
+    rank knows of (``every_rank=True``) prints wherever it happens."""
+    if _state["rank"] != 0 and not every_rank:
         return
     first = " ".join(str(message).split())
     print(f"llv: error: {first}", file=sys.stderr)

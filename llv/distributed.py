@@ -153,7 +153,7 @@ class Comm:
 
     def _abort(self, code: int, message: str) -> None:
         """Print ``message``, end this process now; the launcher stops the other ranks."""
-        error_line(message)
+        error_line(message, every_rank=True)
         sys.stdout.flush()
         sys.stderr.flush()
         self._end_job(code)

@@ -541,7 +541,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         (("spectrum", [grid]), {}, "not an llv Hessian point file"),
         (("contour", [line]), {}, "'contour' needs a 2-D surface"),
         (("1d", [grid]), {}, "'1d' needs a 1-D surface"),
-        (("sharpness", [line]), {}, "unknown plot kind"),
+        (("nonsense", [line]), {}, "unknown plot kind"),
         (("contour", [grid]), {"vlevel": 0}, "--vlevel must be positive"),
         (("contour", [grid]), {"vlevel": 1e-6}, "at most 1000"),
         (("weights", [tmp_path / "no_run"]), {}, "file not found"),
