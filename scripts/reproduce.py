@@ -21,6 +21,7 @@ collected by ``scripts/summarize.py`` at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -205,6 +206,11 @@ def preset_name(preset: str, cpu: bool) -> str:
 
 def preset_paths(preset: str) -> dict[str, str]:
     """The ``paths`` map of a preset (where each of its commands writes), from its YAML text."""
+    return dict(_preset_paths(preset))
+
+
+@functools.cache
+def _preset_paths(preset: str) -> dict[str, str]:
     from omegaconf import OmegaConf
 
     path = ROOT / "conf" / "experiment" / f"{preset}.yaml"
