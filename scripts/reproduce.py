@@ -9,7 +9,7 @@ same steps on the bundled digits data, minutes on two CPU cores)::
     python scripts/reproduce.py --list
     python scripts/reproduce.py fig5 --cpu                 # or: fig5_cpu
     python scripts/reproduce.py flat_vs_sharp --cpu --dry-run   # print the commands only
-    python scripts/reproduce.py fig3 --cpu --figures docs/figures
+    python scripts/reproduce.py fig3 --cpu --figures docs/figures --compact
 
 Steps whose results already exist are skipped (a finished ``final.pt``, a complete ``done``
 mask, a Hessian point file), so an interrupted experiment continues where it stopped; an
@@ -123,10 +123,11 @@ def experiments() -> dict[str, Experiment]:
     fig3_steps += [compute("surface", f"{p}_1d") for p in fig3]
     fig3_steps += [compute("surface", f"{p}_1d_none") for p in fig3]
     fig3_steps += [
-        plot("compare", *(ref(p, "surface", "surface.h5") for p in fig3), fig_out("fig3_vgg9_2d.png")),
-        plot("compare", *(ref(f"{p}_1d", "surface", "surface.h5") for p in fig3),
+        plot("compare", *(ref(p, "surface", "surface.h5") for p in fig3), *levels,
+             fig_out("fig3_vgg9_2d.png")),
+        plot("compare", *(ref(f"{p}_1d", "surface", "surface.h5") for p in fig3), "--vmin=0", "--vmax=5",
              fig_out("fig3_vgg9_1d.png")),
-        plot("compare", *(ref(f"{p}_1d_none", "surface", "surface.h5") for p in fig3),
+        plot("compare", *(ref(f"{p}_1d_none", "surface", "surface.h5") for p in fig3), "--vmin=0", "--vmax=5",
              fig_out("fig3_vgg9_1d_none.png")),
     ]
     out["fig3"] = Experiment(
@@ -272,7 +273,19 @@ def is_done(file: Path) -> bool:
         return "done" not in handle or bool(np.all(handle["done"][()]))
 
 
-def run_step(step: Step, cpu: bool, figures: Path, dry_run: bool, env: dict[str, str]) -> str:
+def compact_png(path: Path, colors: int = 128) -> None:
+    """Re-encode a PNG with an adaptive palette: plots have few colours, so this is about 4x
+    smaller and looks the same (for figures committed to a repository)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        palette = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
+                                                dither=Image.Dither.NONE)
+    palette.save(path, optimize=True)
+
+
+def run_step(step: Step, cpu: bool, figures: Path, dry_run: bool, env: dict[str, str],
+             compact: bool = False) -> str:
     """Run one step unless its product exists; return 'ran', 'skipped' or 'printed'."""
     argv = command_line(step, cpu, figures)
     done = product(step, cpu)
@@ -291,6 +304,10 @@ def run_step(step: Step, cpu: bool, figures: Path, dry_run: bool, env: dict[str,
     result = subprocess.run([llv, *argv[1:]], env=env)
     if result.returncode != 0:
         raise SystemExit(f"reproduce: step failed (exit {result.returncode}): {shlex.join(argv)}")
+    if compact and step.command == "plot":
+        for arg in argv:
+            if arg.startswith("--out=") and arg.endswith(".png"):
+                compact_png(Path(arg[len("--out="):]))
     return "ran"
 
 
@@ -303,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", type=Path, help="where llv plot writes the figures")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--list", action="store_true", help="list the experiments")
+    parser.add_argument("--compact", action="store_true",
+                        help="re-encode PNG figures with a 128-colour palette (about 4x smaller)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for every step (default: inherited)")
     options = parser.parse_args(argv)
@@ -321,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = str(options.threads)
     counts: dict[str, int] = {}
     for step in catalogue[name].steps:
-        status = run_step(step, cpu, figures, options.dry_run, env)
+        status = run_step(step, cpu, figures, options.dry_run, env, options.compact)
         counts[status] = counts.get(status, 0) + 1
     if not options.dry_run:
         summary = [sys.executable, str(ROOT / "scripts" / "summarize.py"), name]
