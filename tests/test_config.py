@@ -10,8 +10,10 @@ from llv.console import LlvError
 
 
 def _all_group_choices():
+    """Every option of the groups of SPEC §2; experiment presets (each meant for some commands
+    only) are composed by tests/test_presets.py."""
     for command in config.COMMANDS:
-        for group in config.command_groups(command):
+        for group in (g for g in config.command_groups(command) if g != "experiment"):
             for option in config.group_options(group):
                 yield command, group, option
 
