@@ -204,3 +204,23 @@ def test_summary_is_stored_with_provenance(tiny):
 
     assert attrs["checkpoint_sha256"] == sha256(checkpoint) and attrs["llv_version"]
     assert attrs["world_size"] == 1 and attrs["seconds"] > 0 and "grid:" in attrs["config"]
+
+
+def test_standard_error_matches_numpy_on_per_sample_losses(tiny):
+    overrides, checkpoint = tiny
+    path, cfg = run_surface([*overrides, "grid.x=-1:1:3", "grid.y=null", "eval.max_samples=30"])
+    values, attrs = read(path)
+    model = build_model(cfg.model)
+    load_into(model, checkpoint)
+    space = ParameterSpace.of(model)
+    d = dirs.load(attrs["dir_file"], space, 1)
+    data = load_eval_data(cfg.dataset, "train", 30, seed=cfg.seed)
+    assert len(data.targets) == 30
+    for ix, alpha in enumerate(values["xcoordinates"]):
+        shifted = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            for p, dx in zip(shifted.parameters(), d.axes[0]):
+                p.add_(alpha * dx)
+            losses = per_sample_loss(shifted(data.inputs), data.targets).double().numpy()
+        assert values["train_loss_se"][ix] == pytest.approx(np.std(losses, ddof=1) / np.sqrt(30), rel=1e-6)
+        assert values["train_loss"][ix] == pytest.approx(losses.mean(), rel=1e-6)
