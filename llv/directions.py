@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from llv.console import LlvError, log
+from llv.h5 import encode_attr, open_h5, read_attrs
 from llv.params import ParameterSpace, flatten
 
 NORMALIZATIONS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
@@ -169,7 +170,7 @@ def save(directions: Directions, path: str | Path, extra_attrs: dict | None = No
         attrs["names"] = list(directions.space.names)
         attrs["sha256"] = directions.digest()
         for key, value in attrs.items():
-            f.attrs[key] = "null" if value is None else value
+            f.attrs[key] = encode_attr(value)
     os.replace(tmp, path)
     return path
 
@@ -181,19 +182,11 @@ def _group_name(axis: int, member: int) -> str:
 
 def load(path: str | Path, space: ParameterSpace, ndim: int | None = None) -> Directions:
     """Read llv's or the reference implementation's direction file, checked against ``space``."""
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise LlvError(f"direction file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise LlvError(f"{path} is not an HDF5 direction file") from None
-    with f:
+    with open_h5(path, "a direction file") as f:
         if "xdirection" not in f:
             raise LlvError(f"{path} is not a direction file (no 'xdirection' group)")
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        attrs = read_attrs(f)
         file_ndim = 2 if "ydirection" in f else 1
         ndim = file_ndim if ndim is None else ndim
         if ndim > file_ndim:
@@ -222,16 +215,6 @@ def _read_axis(group, space: ParameterSpace, path: Path) -> list[torch.Tensor]:
                            f"the model's is {list(shape)}")
         tensors.append(data)
     return tensors
-
-
-def _attr(value):
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    return None if value == "null" else value
 
 
 def log_summary(directions: Directions) -> None:

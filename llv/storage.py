@@ -22,24 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError
+from llv.h5 import encode_attr, open_h5, read_attrs
 
 LLV_MARK = "llv_version"
-
-
-def _encode(value):
-    if value is None:
-        return "null"
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _decode(value):
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.generic):
-        value = value.item()
-    return None if isinstance(value, str) and value == "null" else value
 
 
 class SurfaceFile:
@@ -66,23 +51,15 @@ class SurfaceFile:
     @classmethod
     def open(cls, path: str | Path) -> SurfaceFile:
         """Read an llv result file; anything else is a one-line error."""
-        import h5py
-
         path = Path(path)
-        if not path.is_file():
-            raise LlvError(f"result file {path} does not exist")
-        try:
-            f = h5py.File(path, "r")
-        except OSError:
-            raise LlvError(f"{path} is not an HDF5 file") from None
-        with f:
+        with open_h5(path, "an llv result file") as f:
             if LLV_MARK not in f.attrs or "done" not in f:
                 raise LlvError(f"{path} is not an llv result file (no {LLV_MARK} attr / done mask)")
             coordinates = {k: f[k][()] for k in ("xcoordinates", "ycoordinates", "alphas") if k in f}
             done = f["done"][()]
             metrics = [k for k in f.keys() if k not in coordinates and k != "done" and f[k].shape == done.shape]
             values = {m: f[m][()] for m in metrics}
-            attrs = {k: _decode(v) for k, v in f.attrs.items()}
+            attrs = read_attrs(f)
         for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a kill during a rewrite
             stale.unlink(missing_ok=True)
         surface = cls(path, coordinates, done.shape, metrics, attrs, values, done)
@@ -126,7 +103,7 @@ class SurfaceFile:
                 f.create_dataset(name, data=self.values[name])
             f.create_dataset("done", data=self.done)
             for key, value in self.attrs.items():
-                f.attrs[key] = _encode(value)
+                f.attrs[key] = encode_attr(value)
         os.replace(tmp, self.path)
         self._last_flush = time.monotonic()
         self._dirty = False

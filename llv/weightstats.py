@@ -148,18 +148,12 @@ def save_weight_stats(stats: WeightStats, path: str | Path) -> Path:
 
 def load_weight_stats(path: str | Path) -> WeightStats:
     """Read a ``weights.h5`` written by :func:`save_weight_stats` (or the run folder holding it)."""
-    import h5py
+    from llv.h5 import open_h5
 
     path = Path(path)
     if path.is_dir():
         path = path / "weights.h5"
-    if not path.is_file():
-        raise LlvError(f"file not found: {path}")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError:
-        raise LlvError(f"not an HDF5 file: {path}, expected llv weight statistics") from None
-    with h5:
+    with open_h5(path, "an llv weight-statistics file") as h5:
         if "hist_counts" not in h5 or "weight_norm" not in h5:
             raise LlvError(
                 f"not an llv weight-statistics file: {path}, expected datasets "

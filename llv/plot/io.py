@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError
+from llv.h5 import decode_attr as decode
+from llv.h5 import open_h5
 
 _EXPECTED = "expected datasets xcoordinates/alphas and <split>_loss"
 _NOT_VALUES = {"xcoordinates", "ycoordinates", "alphas", "done", "dir_file"}
@@ -101,32 +103,6 @@ def _nanmedian(members: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
         return np.nanmedian(members, axis=0)
-
-
-def decode(value: object) -> object:
-    """An HDF5 attribute as a Python value: bytes -> str, 0-d arrays -> scalars."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        return decode(value[()])
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def open_h5(path: Path, what: str):
-    """Open an existing HDF5 file read-only; missing or non-HDF5 files become :class:`LlvError`."""
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise LlvError(f"file not found: {path}")
-    if path.is_dir():
-        raise LlvError(f"{path} is a folder, expected {what}")
-    try:
-        return h5py.File(path, "r")
-    except OSError:
-        raise LlvError(f"not {what}: {path} (not an HDF5 file)") from None
 
 
 def load_surface(path: str | Path) -> Surface:
