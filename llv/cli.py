@@ -6,6 +6,7 @@ Each compute subcommand takes Hydra overrides (``key=value``, ``group=option``) 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -45,15 +46,11 @@ def _groups_help(command: str) -> str:
     )
 
 
-def run_command(command: str, overrides: list[str], print_cfg: bool = False) -> object:
-    """Compose ``command``'s config and run its task; user errors become one line and exit 2."""
+@contextlib.contextmanager
+def user_errors():
+    """User errors become one line and exit 2; anything else one line and exit 1 (``-v``: traceback)."""
     try:
-        cfg = config.compose(command, overrides)
-        if print_cfg:
-            typer.echo(config.to_yaml(cfg), nl=False)
-            return None
-        task = importlib.import_module(f"llv.tasks.{command}")
-        return task.run(cfg)
+        yield
     except LlvError as exc:
         error_line(str(exc))
         raise typer.Exit(2) from None
@@ -65,6 +62,17 @@ def run_command(command: str, overrides: list[str], print_cfg: bool = False) -> 
             raise
         error_line(f"{type(exc).__name__}: {exc} (run with -v for the traceback)")
         raise typer.Exit(1) from None
+
+
+def run_command(command: str, overrides: list[str], print_cfg: bool = False) -> object:
+    """Compose ``command``'s config and run its task (errors as :func:`user_errors` says)."""
+    with user_errors():
+        cfg = config.compose(command, overrides)
+        if print_cfg:
+            typer.echo(config.to_yaml(cfg), nl=False)
+            return None
+        task = importlib.import_module(f"llv.tasks.{command}")
+        return task.run(cfg)
 
 
 def _make_command(command: str):
@@ -104,7 +112,7 @@ def plot(
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     configure(quiet=quiet or None, verbose=verbose or None)
-    try:
+    with user_errors():
         if kind not in PLOT_KINDS:
             raise LlvError(f"unknown plot kind '{kind}'; valid: {', '.join(PLOT_KINDS)}")
         if fmt not in ("png", "pdf", "svg", "html"):
@@ -112,14 +120,6 @@ def plot(
         from llv.plot import make_plot
 
         make_plot(kind, files, vmin=vmin, vmax=vmax, vlevel=vlevel, log=log, out=out, fmt=fmt)
-    except LlvError as exc:
-        error_line(str(exc))
-        raise typer.Exit(2) from None
-    except Exception as exc:
-        if is_verbose():
-            raise
-        error_line(f"{type(exc).__name__}: {exc} (run with -v for the traceback)")
-        raise typer.Exit(1) from None
 
 
 @app.callback()
