@@ -45,7 +45,7 @@ def operator_at(session: Session, state: dict[str, torch.Tensor] | None = None) 
     loss = str(cfg.loss)
     return HessianOperator(session.model, data.inputs, data.targets, state=state,
                            loss=lambda outputs, targets: per_sample_loss(outputs, targets, loss).sum(),
-                           batch_size=int(h.batch_size), dtype=DTYPES[str(h.dtype)])
+                           batch_size=session.batch_size(h.batch_size), dtype=DTYPES[str(h.dtype)])
 
 
 def analyse_point(session: Session) -> dict:
@@ -199,7 +199,7 @@ def directional_curvatures(session: Session, directions: dirs.Directions, split:
     loss = str(session.cfg.loss)
     op = HessianOperator(session.model, data.inputs, data.targets,
                          loss=lambda outputs, targets: per_sample_loss(outputs, targets, loss).sum(),
-                         batch_size=int(session.cfg.eval.batch_size),
+                         batch_size=session.batch_size(session.cfg.eval.batch_size),
                          dtype=torch.float64 if str(session.cfg.eval.precision) == "fp64" else None)
     names = directions.space.names
     curvatures = []

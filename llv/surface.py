@@ -137,7 +137,7 @@ def build_evaluator(session: Session, space: ParameterSpace, directions: dirs.Di
         raise LlvError(f"unknown eval.bn '{bn}'; valid: stored, recompute")
     bn_data = session.data("train", e.get("bn_samples")) if bn == "recompute" else None
     return PointEvaluator(session.model, space, base, directions.flat(), data or session.eval_data(),
-                          loss=str(session.cfg.loss), batch_size=int(e.batch_size),
+                          loss=str(session.cfg.loss), batch_size=session.batch_size(e.batch_size),
                           points_per_batch=int(e.points_per_batch), precision=str(e.precision),
                           channels_last=bool(e.get("channels_last", False)), bn_data=bn_data)
 
