@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py
 demo: setup
 	$(LLV) train
 	$(LLV) surface
-	$(LLV) plot contour outputs/surface/latest/surface.h5
+	$(LLV) plot contour outputs/surface/latest/surface.h5 --log
 	@echo "demo: checkpoints in outputs/train/latest/, surface and figures in outputs/surface/latest/"
 
 test: setup

@@ -280,12 +280,19 @@ def finish(session: Session, file: SurfaceFile, grid: GridSpec, stats: LoopStats
 
 
 def plot_result(session: Session, file: SurfaceFile | None, kind: str) -> None:
-    """The default figure at the end of a run; a plotting problem never loses the results."""
+    """The default figure at the end of a run; a plotting problem never loses the results.
+
+    A loss spanning more than two decades is drawn on a log scale, so the basin around the
+    minimizer is not a single contour.
+    """
     if file is None or not session.cfg.get("plot", True) or not file.done.all():
         return
     try:
         from llv.plot import make_plot
 
-        make_plot(kind, [str(file.path)])
+        loss = file.values.get(f"{session.cfg.eval.splits[0]}_loss")
+        finite = loss[np.isfinite(loss)] if loss is not None else np.zeros(0)
+        log_scale = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+        make_plot(kind, [str(file.path)], log=log_scale)
     except Exception as exc:  # the results are safe on disk; say why there is no figure
         log.warning(f"could not draw the {kind} plot: {' '.join(str(exc).split())}")
