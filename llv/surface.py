@@ -292,7 +292,8 @@ def plot_result(session: Session, file: SurfaceFile | None, kind: str) -> None:
 
         loss = file.values.get(f"{session.cfg.eval.splits[0]}_loss")
         finite = loss[np.isfinite(loss)] if loss is not None else np.zeros(0)
-        log_scale = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+        log_scale = kind in ("contour", "1d") and bool(
+            finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
         make_plot(kind, [str(file.path)], log=log_scale)
     except Exception as exc:  # the results are safe on disk; say why there is no figure
         log.warning(f"could not draw the {kind} plot: {' '.join(str(exc).split())}")
