@@ -199,7 +199,9 @@ def directional_curvatures(session: Session, directions: dirs.Directions, split:
     loss = str(session.cfg.loss)
     op = HessianOperator(session.model, data.inputs, data.targets,
                          loss=lambda outputs, targets: per_sample_loss(outputs, targets, loss).sum(),
-                         batch_size=session.batch_size(session.cfg.eval.batch_size),
+                         # two products only: small chunks keep the double-backward graph (the
+                         # run's memory peak at 128 examples, benchmarks/) small at no real cost
+                         batch_size=min(session.batch_size(session.cfg.eval.batch_size), 32),
                          dtype=torch.float64 if str(session.cfg.eval.precision) == "fp64" else None)
     names = directions.space.names
     curvatures = []
