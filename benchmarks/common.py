@@ -1,0 +1,340 @@
+"""What every benchmark shares: the clock, side-by-side timing, targets, the machine, data.
+
+Every target is a ratio of two costs measured side by side in one run: the two sides take
+turns (A B … B A), each ratio is formed within one repetition, and the reported value is the
+median over repetitions. The clock is the CPU time of this process and of the children it
+reaped (``getrusage``), not wall time: on a machine shared with other jobs wall time measures
+the queue as much as the work, while CPU time of a single-threaded run moves little with the
+load. On an idle core, CPU-time ratios and wall-time ratios of single-threaded work agree.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ clock
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its reaped children (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Timing:
+    cpu: float
+    wall: float
+
+
+def timed(fn: Callable[[], object]) -> tuple[Timing, object]:
+    """Run ``fn`` once; its CPU and wall seconds and its result."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result = fn()
+    return Timing(cpu_seconds() - cpu, time.perf_counter() - wall), result
+
+
+@dataclass
+class Side:
+    """One side of a comparison: ``run()`` does one unit of work covering ``points`` points."""
+
+    name: str
+    run: Callable[[], object]
+    points: int = 1
+
+
+def side_by_side(
+    baseline: Side, others: Sequence[Side], repeats: int, warmup: bool = True
+) -> dict[str, dict[str, list[float]]]:
+    """Per-point cost of each side ÷ per-point cost of ``baseline``, per repetition.
+
+    Each repetition runs the baseline, then every other side, then the baseline again (the
+    others in reverse order on odd repetitions), so a slow drift of the machine's speed hits
+    numerator and denominator alike; the denominator is the mean of the two baseline runs.
+
+    Returns:
+        ``name -> {"cpu": [ratio per repetition], "wall": [...], "seconds": [CPU s per point],
+        "wall_seconds": [wall s per point]}``, the baseline with its own seconds only.
+    """
+    if warmup:  # one-off costs (kernel selection, vmap tracing, page faults) stay out
+        for side in (baseline, *others):
+            side.run()
+    out = {
+        s.name: {"cpu": [], "wall": [], "seconds": [], "wall_seconds": []}
+        for s in (baseline, *others)
+    }
+    for rep in range(repeats):
+        first, _ = timed(baseline.run)
+        order = list(others) if rep % 2 == 0 else list(reversed(others))
+        measured = {s.name: timed(s.run)[0] for s in order}
+        last, _ = timed(baseline.run)
+        base_cpu = (first.cpu + last.cpu) / 2 / baseline.points
+        base_wall = (first.wall + last.wall) / 2 / baseline.points
+        out[baseline.name]["seconds"].append(base_cpu)
+        out[baseline.name]["wall_seconds"].append(base_wall)
+        for side in others:
+            t = measured[side.name]
+            out[side.name]["cpu"].append(t.cpu / side.points / base_cpu)
+            out[side.name]["wall"].append(t.wall / side.points / base_wall)
+            out[side.name]["seconds"].append(t.cpu / side.points)
+            out[side.name]["wall_seconds"].append(t.wall / side.points)
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def spread(values: Sequence[float], digits: int = 2) -> str:
+    """``median [min–max]`` of a list of ratios."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+
+
+def steady_allocator() -> bool:
+    """Make glibc keep freed memory, so page faults do not depend on the allocator's history.
+
+    By default glibc returns large freed blocks to the kernel (``mmap`` above a threshold that
+    moves with what was freed before, heap trimming above another), and the next pass pays a
+    page fault per 4 KiB touched. Which side of a comparison pays then depends on what ran
+    before: measured here, a bare ResNet-56 pass took 0.3 s of page faults (140k minor faults)
+    while the llv point right after it took none. Fixed thresholds make both sides reuse memory.
+    Returns whether the setting took (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.mallopt(m_trim_threshold, 1 << 30)
+        mmap = libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+        return bool(trim and mmap)
+    except (OSError, AttributeError):
+        return False
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+@dataclass
+class Target:
+    """A measured ratio against its bound.
+
+    ``kind``: ``"max"`` (value ≤ bound), ``"below"`` (value < bound), ``"min"`` (value ≥ bound)
+    or ``"info"`` (reported, no bound). ``value`` NaN with ``note`` = not run. ``at_least``:
+    the value is a lower bound (the slower side was stopped early), so a ``"min"`` target it
+    does not reach is undetermined rather than missed.
+    """
+
+    name: str
+    value: float
+    kind: str
+    bound: float | None = None
+    note: str = ""
+    unit: str = "×"
+    at_least: bool = False
+
+    @property
+    def met(self) -> bool | None:
+        if self.kind == "info" or self.bound is None or self.value != self.value:
+            return None
+        if self.at_least and self.kind == "min" and self.value < self.bound:
+            return None
+        if self.kind == "max":
+            return self.value <= self.bound
+        if self.kind == "below":
+            return self.value < self.bound
+        return self.value >= self.bound
+
+    @property
+    def target_text(self) -> str:
+        if self.kind == "info" or self.bound is None:
+            return "—"
+        sign = {"max": "≤", "below": "<", "min": "≥"}[self.kind]
+        return f"{sign} {self.bound:g}{self.unit}"
+
+    @property
+    def status(self) -> str:
+        if self.value != self.value:
+            return "not run"
+        met = self.met
+        if met is None:
+            return "undetermined (lower bound)" if self.at_least and self.kind != "info" else "info"
+        if met:
+            return "**met**"
+        factor = (
+            self.value / self.bound if self.kind in ("max", "below") else self.bound / self.value
+        )
+        return f"**missed** by {factor:.3f}×" if factor < 1.1 else f"**missed** by {factor:.2f}×"
+
+    def value_text(self) -> str:
+        if self.value != self.value:
+            return "—"
+        return f"{'≥ ' if self.at_least else ''}{self.value:.3g}{self.unit}"
+
+
+@dataclass
+class Section:
+    """One benchmark's share of RESULTS.md."""
+
+    title: str
+    targets: list[Target] = field(default_factory=list)
+    body: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A markdown table as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+# ------------------------------------------------------------------------------ the machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def memory_total_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_rows(threads: int) -> list[tuple[str, str]]:
+    import numpy
+    import torch
+
+    import llv
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [
+        ("CPU", f"{cpu_model()}, {usable_cores()} usable cores ({os.cpu_count()} logical)"),
+        ("memory", f"{memory_total_gib():.1f} GiB"),
+        ("GPU", gpu),
+        ("torch threads", f"{threads} (intra-op), set by `--threads`"),
+        (
+            "versions",
+            f"python {platform.python_version()}, torch {torch.__version__}, "
+            f"numpy {numpy.__version__}, llv {llv.__version__} (git {git_commit()})",
+        ),
+        ("OS", f"{platform.system()} {platform.release()}"),
+    ]
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def proc_status(key: str) -> int:
+    """A ``/proc/self/status`` entry in bytes (``VmRSS``, ``VmHWM``); -1 where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes (``ru_maxrss`` is KiB on Linux)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------ models and data
+
+
+def cifar_overrides(model: str, num_images: int, extra: Sequence[str] = ()) -> list[str]:
+    """Config overrides: ``model`` on CIFAR-shaped (3×32×32, 10 classes) synthetic images."""
+    return [
+        f"model={model}",
+        "dataset=synthetic",
+        "dataset.in_channels=3",
+        "dataset.image_size=32",
+        "dataset.num_classes=10",
+        f"dataset.num_train={num_images}",
+        "device=cpu",
+        "dist=none",
+        *extra,
+    ]
+
+
+def resolve_batch_size(value, device: str = "cpu") -> int:
+    """A batch-size setting as llv resolves it (``auto``: 128 on a CPU, 1024 on a GPU)."""
+    if str(value) == "auto":
+        return 128 if str(device).startswith("cpu") else 1024
+    return int(value)
+
+
+def build(overrides: Sequence[str], seed: int = 0):
+    """``(cfg, model in eval mode)`` for the surface config with ``overrides`` (random init)."""
+    import torch
+
+    from llv.config import compose
+    from llv.models import build_model
+
+    cfg = compose("surface", list(overrides))
+    torch.manual_seed(seed)
+    return cfg, build_model(cfg.model).eval()

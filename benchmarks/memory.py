@@ -1,0 +1,295 @@
+"""Memory of a surface run: peak RSS against what it must hold, and no growth with points.
+
+Each run is a real ``llv surface`` (``llv.tasks.surface.run``) in a fresh subprocess, on CPU.
+The child first does a throw-away run of the same command on two images and two points, so every
+library the run loads lazily is loaded; its resident set then is the baseline (Python, torch,
+h5py, Hydra, rich, oneDNN's kernels). It then does the measured run, sampling ``VmRSS`` after
+every chunk of points, and reports its peak (``VmHWM``, the kernel's high-water mark of its
+address space; ``ru_maxrss`` would include the parent's RSS at the fork). The parent estimates
+what the run must hold: the model, two directions, the evaluation data as tensors, and one
+batch of activations (the sum of every module's output on one batch, from forward hooks: an
+upper bound, since an eval-mode pass frees each activation once the next layer has used it).
+
+The peak is measured twice: for the default run, which ends with the curvature cross-check
+(dᵀHd along each axis at the centre: a Hessian-vector product, i.e. a double backward over the
+evaluation data, chunk by chunk), and with ``summary.cross_check=false``, the
+point loop alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import (
+    ROOT,
+    Section,
+    Target,
+    build,
+    mib,
+    peak_rss,
+    proc_status,
+    resolve_batch_size,
+    table,
+)
+
+#: peak: CIFAR-shaped data large enough to dominate; growth: cheap points, many of them
+FULL = {
+    "peak": {"model": "resnet8", "channels": 3, "size": 32, "images": 2048, "points": 2},
+    "growth": {
+        "model": "resnet8",
+        "channels": 1,
+        "size": 8,
+        "images": 256,
+        "points": 510,
+        "early": 10,
+        "late": 500,
+    },
+}
+QUICK = {
+    "peak": {"model": "resnet8", "channels": 3, "size": 32, "images": 64, "points": 2},
+    "growth": {
+        "model": "resnet8",
+        "channels": 1,
+        "size": 8,
+        "images": 32,
+        "points": 60,
+        "early": 10,
+        "late": 60,
+    },
+}
+CHUNK_POINTS = 10  # points per evaluate call, so RSS is sampled every 10 points
+
+
+def overrides(spec: dict, out: Path, checkpoint: Path | None = None) -> list[str]:
+    items = [
+        *spec.get("extra", []),
+        f"model={spec['model']}",
+        "dataset=synthetic",
+        f"dataset.in_channels={spec['channels']}",
+        f"dataset.image_size={spec['size']}",
+        f"dataset.num_train={spec['images']}",
+        "grid=1d_51",
+        f"grid.x=-1:1:{spec['points']}",
+        f"out={out}",
+        "probe=false",
+        "plot=false",
+        f"eval.chunk_points={CHUNK_POINTS}",
+        "device=cpu",
+        "dist=none",
+    ]
+    return items + ([f"checkpoint={checkpoint}"] if checkpoint else [])
+
+
+def estimate(spec: dict, out: Path) -> tuple[dict[str, int], Path]:
+    """Bytes the run must hold, by part; and a checkpoint of the (random-init) model."""
+    import torch
+
+    from llv.checkpoint import save_checkpoint
+    from llv.data import load_eval_data
+
+    cfg, model = build(overrides(spec, out))
+    checkpoint = save_checkpoint(out.parent / f"{out.name}.pt", model, 0, cfg, {})
+    data = load_eval_data(cfg.dataset, "train", device="cpu")
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    batch = data.inputs[: resolve_batch_size(cfg.eval.batch_size)]
+    activations = [batch.numel() * batch.element_size()]
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not list(module.children()):
+            activations.append(output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(batch)
+    for h in handles:
+        h.remove()
+    largest = max(activations[1:])
+    parts = {
+        "model (parameters + buffers)": params + buffers,
+        "two directions": 2 * params,
+        "evaluation data (inputs + targets)": data.inputs.numel() * data.inputs.element_size()
+        + data.targets.numel() * data.targets.element_size(),
+        f"one batch of activations ({len(batch)} images, sum over modules)": sum(activations),
+    }
+    return parts, checkpoint, largest
+
+
+def measure(spec: dict, out: Path, checkpoint: Path, threads: int) -> dict:
+    """Run the child and return what it reports."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    warmup = {**spec, "images": 2, "points": 2}
+    payload = json.dumps(
+        {
+            "overrides": overrides(spec, out, checkpoint),
+            "threads": threads,
+            "warmup": overrides(warmup, out.parent / f"{out.name}-warmup", checkpoint),
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", "--child", payload],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child(payload: str) -> None:
+    """In a fresh process: baseline RSS, then the surface run with RSS sampled per chunk."""
+    spec = json.loads(payload)
+    import torch
+
+    import llv.tasks.surface
+    from llv.config import compose
+    from llv.console import configure
+    from llv.evaluate import PointEvaluator
+    from llv.session import Session
+
+    torch.set_num_threads(int(spec["threads"]))
+    configure(quiet=True)
+    llv.tasks.surface.run(compose("surface", spec["warmup"]))
+    cfg = compose("surface", spec["overrides"])
+    baseline = proc_status("VmRSS")
+    samples: dict[int, int] = {}
+    original = PointEvaluator.evaluate
+    count = [0]
+
+    def evaluate(self, coefficients):
+        values = original(self, coefficients)
+        count[0] += len(coefficients)
+        samples[count[0]] = proc_status("VmRSS")
+        return values
+
+    loaded = {}
+    original_data = Session.eval_data
+
+    def eval_data(self):
+        data = original_data(self)
+        loaded.setdefault("rss", proc_status("VmRSS"))  # the first call loads the data
+        return data
+
+    PointEvaluator.evaluate = evaluate
+    Session.eval_data = eval_data
+    llv.tasks.surface.run(cfg)
+    print(
+        json.dumps(
+            {
+                "baseline": baseline,
+                "data_loaded": loaded.get("rss", -1),
+                "samples": samples,
+                "hwm": proc_status("VmHWM"),
+                "maxrss": peak_rss(),
+            }
+        )
+    )
+
+
+def run(quick: bool = False, threads: int = 1) -> Section:
+    settings = QUICK if quick else FULL
+    section = Section("Memory of a surface run (CPU, subprocess)")
+    with tempfile.TemporaryDirectory(prefix="llv-bench-memory-") as tmp:
+        peak_spec, growth_spec = settings["peak"], settings["growth"]
+        parts, checkpoint, largest = estimate(peak_spec, Path(tmp) / "peak")
+        peak = measure(peak_spec, Path(tmp) / "peak", checkpoint, threads)
+        loop_spec = {**peak_spec, "extra": ["summary.cross_check=false"]}
+        loop = measure(loop_spec, Path(tmp) / "loop", checkpoint, threads)
+        _, checkpoint, _ = estimate(growth_spec, Path(tmp) / "growth")
+        growth = measure(growth_spec, Path(tmp) / "growth", checkpoint, threads)
+    expected = sum(parts.values())
+    batch = resolve_batch_size("auto")
+
+    def used(report):  # VmHWM is this program's; ru_maxrss also counts the parent's RSS at the fork
+        return (report["hwm"] if report["hwm"] > 0 else report["maxrss"]) - report["baseline"]
+
+    name = (
+        f"{peak_spec['model']}, N={peak_spec['images']} {peak_spec['channels']}×"
+        f"{peak_spec['size']}², batch {batch}"
+    )
+    ratio = used(peak) / expected
+    section.targets.append(
+        Target(
+            "peak RSS − baseline ÷ (model + 2 directions + data + 1 batch of activations), "
+            f"default run, {name}",
+            ratio,
+            "max",
+            1.0,
+            note=""
+            if ratio <= 1.0
+            else f"{mib(used(peak))} against {mib(used(loop))} without it: the default run ends "
+            "with the curvature cross-check, a Hessian-vector product that keeps the "
+            "double-backward graph of a chunk of examples alive",
+        )
+    )
+    data_cost = loop["data_loaded"] - loop["baseline"]
+    data_bytes = parts["evaluation data (inputs + targets)"]
+    loop_ratio = used(loop) / expected
+    section.targets.append(
+        Target(
+            "peak RSS − baseline ÷ the same estimate, point loop alone "
+            f"(summary.cross_check=false), {name}",
+            loop_ratio,
+            "max",
+            1.0,
+            note=""
+            if loop_ratio <= 1.0
+            else f"loading the evaluation data alone raised RSS by {mib(data_cost)} for "
+            f"{mib(data_bytes)} of tensors (the synthetic split is generated in memory and kept "
+            "twice: the raw-split cache, float32 here, and the normalized tensors); the point "
+            "loop itself does not grow (next row)",
+        )
+    )
+    samples = {int(k): v for k, v in growth["samples"].items()}
+    early = samples[min(samples, key=lambda k: abs(k - growth_spec["early"]))]
+    late_at = min(samples, key=lambda k: abs(k - growth_spec["late"]))
+    late = samples[late_at]
+    section.targets.append(
+        Target(
+            f"RSS after {late_at} points ÷ RSS after {growth_spec['early']} points",
+            late / early,
+            "max",
+            1.01,
+            note=f"{(late - early) / 2**20:+.1f} MiB over {late_at - growth_spec['early']} points",
+        )
+    )
+    rows = [(part, mib(n)) for part, n in parts.items()]
+    rows += [
+        ("**estimate (sum)**", f"**{mib(expected)}**"),
+        ("baseline RSS (interpreter + libraries, before the run)", mib(peak["baseline"])),
+        ("peak RSS (VmHWM), default run", mib(peak["hwm"])),
+        ("**peak − baseline, default run**", f"**{mib(used(peak))}**"),
+        ("**peak − baseline, summary.cross_check=false**", f"**{mib(used(loop))}**"),
+        ("RSS − baseline once the evaluation data are loaded (same run)", mib(data_cost)),
+        ("(for scale: the largest single module output on one batch)", mib(largest)),
+    ]
+    trace = sorted(samples.items())
+    shown = [trace[0], *trace[len(trace) // 4 :: max(len(trace) // 4, 1)], trace[-1]]
+    section.body += [
+        f"Peak: `llv surface` on {peak_spec['images']} synthetic {peak_spec['channels']}×"
+        f"{peak_spec['size']}×{peak_spec['size']} images, {peak_spec['model']}, "
+        f"{peak_spec['points']} points, default batch size ({batch} on CPU), probe and plot off; "
+        "once as is, once with `summary.cross_check=false`.",
+        "",
+        *table(["part", "bytes"], rows),
+        "",
+        f"Growth: `llv surface` with {growth_spec['points']} points of {growth_spec['model']} on "
+        f"{growth_spec['images']} {growth_spec['channels']}×{growth_spec['size']}² images, RSS "
+        f"sampled every {CHUNK_POINTS} points (baseline {mib(growth['baseline'])}):",
+        "",
+        *table(["points done", "RSS"], [(k, mib(v)) for k, v in dict(shown).items()]),
+    ]
+    return section
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(sys.argv[2])
