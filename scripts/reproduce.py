@@ -83,13 +83,11 @@ def _train_and(command: str, presets, train_presets=None) -> list[Step]:
 
 
 def _interpolate(preset: str) -> Step:
-    # checkpoint2 and run are repeated on the command line: in the configs of interpolate and
-    # trajectory the experiment group comes before the command's own keys, which reset them.
-    return compute("interpolate", preset, "checkpoint2={" + preset + ":train2}/final.pt")
+    return compute("interpolate", preset)
 
 
 def _trajectory(preset: str) -> Step:
-    return compute("trajectory", preset, "run={" + preset + ":train}")
+    return compute("trajectory", preset)
 
 
 def experiments() -> dict[str, Experiment]:
