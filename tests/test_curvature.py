@@ -21,16 +21,6 @@ from llv.curvature import (
     top_eigenpairs,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from threads, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- cases ------------------------------------------------------------------------------------
 
 

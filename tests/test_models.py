@@ -45,16 +45,6 @@ FAST_SHAPES = {
 LARGE = 8_000_000  # parameters; real-weight load tests of bigger nets are slow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Batches of two tiny images: one thread is faster than two, and far faster when other
-    # processes share the cores (OpenMP threads then spin against each other).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(name, shape="cifar10", **options):
     in_channels, image_size, num_classes = SHAPES[shape]
     return {

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from llv.console import LlvError
-from llv.data.source import DataSource, RawSplit, root_dir, setting
+from llv.data.source import DataSource, RawSplit, download_with_torchvision, root_dir, setting
 
 _LAYOUT = {
     # name: (title, folder, {split: files}, label key, torchvision class)
@@ -71,7 +71,7 @@ def _locate(name: str):
         paths = [base / f for f in files[split]]
         missing = [p for p in paths if not p.is_file()]
         if missing and setting(cfg, "download", False):
-            _download(torchvision_class, title, root_dir(cfg), split)
+            download_with_torchvision(torchvision_class, title, root_dir(cfg), split)
             missing = [p for p in paths if not p.is_file()]
         if missing:
             raise LlvError(
@@ -81,20 +81,6 @@ def _locate(name: str):
         return paths
 
     return locate
-
-
-def _download(torchvision_class: str, title: str, root: Path, split: str) -> None:
-    import torchvision.datasets
-
-    from llv.console import log
-
-    log.info(f"downloading {title} into {root}")
-    try:
-        getattr(torchvision.datasets, torchvision_class)(
-            root=str(root), train=split == "train", download=True
-        )
-    except Exception as exc:  # network, disk and checksum failures all end the run the same way
-        raise LlvError(f"downloading {title} into {root} failed: {exc}") from None
 
 
 def _read(name: str):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from llv.console import LlvError
-from llv.data.source import DataSource, RawSplit, root_dir, setting
+from llv.data.source import DataSource, RawSplit, download_with_torchvision, root_dir, setting
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -58,7 +58,7 @@ def _locate(folder: str, title: str):
         base = root_dir(cfg) / folder / "raw"
         found = [_find(base, name) for name in _FILES[split]]
         if None in found and setting(cfg, "download", False):
-            _download(folder, title, root_dir(cfg), split)
+            download_with_torchvision(folder, title, root_dir(cfg), split)
             found = [_find(base, name) for name in _FILES[split]]
         if None in found:
             missing = _FILES[split][found.index(None)]
@@ -69,18 +69,6 @@ def _locate(folder: str, title: str):
         return found
 
     return locate
-
-
-def _download(folder: str, title: str, root: Path, split: str) -> None:
-    import torchvision.datasets
-
-    from llv.console import log
-
-    log.info(f"downloading {title} into {root}")
-    try:
-        getattr(torchvision.datasets, folder)(root=str(root), train=split == "train", download=True)
-    except Exception as exc:  # network, disk and checksum failures all end the run the same way
-        raise LlvError(f"downloading {title} into {root} failed: {exc}") from None
 
 
 def _read(cfg, split: str, files: Sequence[Path]) -> RawSplit:

@@ -105,3 +105,18 @@ def normalize(
     mean = mean.to(images.device)
     std = std.to(images.device)
     return images.sub_(mean).div_(std)
+
+
+def download_with_torchvision(torchvision_class: str, title: str, root: Path, split: str) -> None:
+    """Fetch a data set with torchvision's own downloader (only on ``dataset.download=true``)."""
+    import torchvision.datasets
+
+    from llv.console import LlvError, log
+
+    log.info(f"downloading {title} into {root}")
+    try:
+        getattr(torchvision.datasets, torchvision_class)(
+            root=str(root), train=split == "train", download=True
+        )
+    except Exception as exc:  # network, disk and checksum failures all end the run the same way
+        raise LlvError(f"downloading {title} into {root} failed: {exc}") from None
