@@ -172,7 +172,7 @@ def run_label(path: Path) -> str:
         "hessian",
         "projection",
         "weights",
-        "interpolate",
+        "interpolation",
     }:
         name = path.resolve().parent.name
     elif path.is_dir():
