@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.llv-installed
 LLV    := $(BIN)/llv
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench reproduce lint clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# The CPU twin of a paper experiment: make reproduce NAME=fig5 (names: docs/reproduction.md).
+reproduce: setup
+	$(BIN)/python scripts/reproduce.py $(NAME) --cpu
 
 lint: setup
 	$(BIN)/ruff check llv tests benchmarks
