@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError
-from llv.h5 import decode_attr as decode
-from llv.h5 import open_h5
+from llv.h5 import open_h5, read_attrs
 
 _EXPECTED = "expected datasets xcoordinates/alphas and <split>_loss"
 _NOT_VALUES = {"xcoordinates", "ycoordinates", "alphas", "done", "dir_file"}
@@ -113,7 +112,7 @@ def load_surface(path: str | Path) -> Surface:
     """
     path = Path(path)
     with open_h5(path, "an llv or reference loss-landscape file") as h5:
-        attrs = {key: decode(value) for key, value in h5.attrs.items()}
+        attrs = read_attrs(h5)
         x_name = "xcoordinates" if "xcoordinates" in h5 else "alphas" if "alphas" in h5 else None
         names = [n for n in h5 if n not in _NOT_VALUES and _is_numeric(h5[n])]
         has_values = any(n.endswith("_loss") or n in ("max_eig", "min_eig") for n in names)
@@ -212,7 +211,7 @@ def load_hessian_point(path: str | Path) -> HessianPoint:
             density_weights=read("density_weights"),
             density_grid=read("density_grid"),
             density=read("density"),
-            attrs={key: decode(value) for key, value in h5.attrs.items()},
+            attrs=read_attrs(h5),
         )
     return point
 
@@ -238,7 +237,7 @@ def load_projection(path: str | Path) -> Projection:
     with open_h5(path, what) as h5:
         if "proj_xcoord" not in h5 or "proj_ycoord" not in h5:
             raise LlvError(f"not {what}: {path}")
-        attrs = {key: decode(value) for key, value in h5.attrs.items()}
+        attrs = read_attrs(h5)
         x = np.asarray(h5["proj_xcoord"][()], dtype=float).ravel()
         y = np.asarray(h5["proj_ycoord"][()], dtype=float).ravel()
         epochs = np.asarray(h5["epochs"][()]).ravel() if "epochs" in h5 else np.arange(len(x))
