@@ -92,6 +92,9 @@ def compose(command: str, overrides: list[str] | None = None):
         raise LlvError(f"config does not resolve: {' '.join(str(exc).split())}") from exc
     if "grid" in cfg:
         GridSpec.from_cfg(cfg.grid)
+    from llv.schema import validate
+
+    validate(command, cfg)
     return cfg
 
 

@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from llv.errors import LlvError
+
+__all__ = ["LlvError", "configure", "error_line", "log", "print_table", "progress"]
+
 log = logging.getLogger("llv")
 
 _state = {"quiet": False, "verbose": False, "rank": 0}
 console = Console(stderr=True)
 stdout_console = Console()
-
-
-class LlvError(Exception):
-    """A problem with the user's input: reported in one line, exit status 2, no traceback."""
 
 
 def configure(quiet: bool | None = None, verbose: bool | None = None, rank: int | None = None) -> None:
