@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llv.console import LlvError
 from llv.data.source import DataSource, RawSplit, download_with_torchvision, root_dir, setting
+from llv.errors import LlvError
 
 _LAYOUT = {
     # name: (title, folder, {split: files}, label key, torchvision class)

@@ -20,7 +20,7 @@ def split_indices(labels, test_fraction: float, split_seed: int) -> dict[str, to
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    from llv.console import LlvError
+    from llv.errors import LlvError
 
     if not 0.0 < float(test_fraction) < 1.0:
         raise LlvError(f"dataset.test_fraction must be between 0 and 1, got {test_fraction}")

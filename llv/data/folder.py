@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llv.console import LlvError
 from llv.data.source import SPLITS, DataSource, RawSplit, root_dir, setting
+from llv.errors import LlvError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -1,18 +1,22 @@
-"""From a dataset config to a checked :class:`~llv.data.source.RawSplit`, read once per process.
+"""From a dataset config to a checked split as stored, shared through the data layer's cache.
 
-The dispatch table :data:`SOURCES` names every data set; :func:`read_split` checks the config
-against what the files hold, reads the split and keeps it in memory, keyed by the config and
-the files' sizes and modification times (so rewriting a file is noticed).
+The dispatch table :data:`SOURCES` names every data set. :func:`locate` checks the config
+against the data set (before any file is read) and finds the split's files; :func:`read_split`
+reads and checks the split, or returns the copy something else still uses (see
+:mod:`llv.data.cache`). Keys hold the files' sizes and modification times, so rewriting a file
+is noticed.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 
-from llv.console import LlvError, log
-from llv.data import cifar, digits, folder, mnist, synthetic
-from llv.data.source import DataSource, RawSplit, check_split, root_dir, setting
+from llv.console import log
+from llv.data import cache, cifar, digits, folder, mnist, synthetic, text
+from llv.data.source import DataSource, RawSplit, TokenSplit, check_split, root_dir, setting
+from llv.errors import LlvError
 
 SOURCES: dict[str, DataSource] = {
     "digits": digits.SOURCE,
@@ -22,11 +26,12 @@ SOURCES: dict[str, DataSource] = {
     "fashion_mnist": mnist.FASHION_MNIST,
     "synthetic": synthetic.SOURCE,
     "folder": folder.SOURCE,
+    "text": text.SOURCE,
 }
 DATASET_NAMES = tuple(SOURCES)
 
-# Settings that change the stored pixels (normalization and augmentation do not).
-_PIXEL_KEYS = (
+# Settings that change what is read (normalization and augmentation do not).
+_READ_KEYS = (
     "name",
     "in_channels",
     "image_size",
@@ -36,9 +41,12 @@ _PIXEL_KEYS = (
     "num_train",
     "num_test",
     "data_seed",
+    "path",
+    "unit",
+    "vocab",
+    "seq_len",
+    "max_sequences",
 )
-_MAX_CACHED = 8
-_raw_cache: OrderedDict[tuple, RawSplit] = OrderedDict()
 
 
 def source_of(cfg) -> DataSource:
@@ -67,18 +75,8 @@ def image_shape(cfg) -> tuple[int, int, int]:
     return wanted
 
 
-def read_split(cfg, split: str) -> RawSplit:
-    """The checked, cached split ``split`` of the data set ``cfg`` describes."""
-    check_split(split)
-    source = source_of(cfg)
+def _check_images(source: DataSource, cfg, raw: RawSplit, where) -> None:
     channels, size, num_classes = image_shape(cfg)
-    files = list(source.locate(cfg, split))
-    key = _cache_key(cfg, split, files)
-    if key in _raw_cache:
-        _raw_cache.move_to_end(key)
-        return _raw_cache[key]
-    raw = source.read(cfg, split, files)
-    where = files[0].parent if files else source.title
     if tuple(raw.pixels.shape[1:]) != (channels, size, size):
         raise LlvError(
             f"{source.title} images in {where} are {tuple(raw.pixels.shape[1:])} (C, H, W), "
@@ -89,23 +87,53 @@ def read_split(cfg, split: str) -> RawSplit:
             f"{source.title} labels in {where} range over {int(raw.labels.min())}.."
             f"{int(raw.labels.max())}, outside 0..{num_classes - 1}"
         )
-    log.debug(f"{source.title} {split}: {len(raw)} images of {channels}x{size}x{size}")
-    _raw_cache[key] = raw
-    while len(_raw_cache) > _MAX_CACHED:
-        _raw_cache.popitem(last=False)
-    return raw
+
+
+def _check_tokens(source: DataSource, cfg, raw: TokenSplit, where) -> None:
+    pass  # the text reader checks ids against dataset.vocab while encoding
+
+
+# Per kind of data: the config check before reading, the check of what was read.
+_CONFIG_CHECKS: dict[str, Callable[[object], object]] = {
+    "images": image_shape,
+    "tokens": text.check_config,
+}
+_SPLIT_CHECKS: dict[str, Callable] = {"images": _check_images, "tokens": _check_tokens}
+
+
+def locate(cfg, split: str) -> tuple[DataSource, list[Path], tuple]:
+    """The source, the files and the cache key of a split; checks the config first."""
+    check_split(split)
+    source = source_of(cfg)
+    _CONFIG_CHECKS[source.kind](cfg)
+    files = list(source.locate(cfg, split))
+    return source, files, _cache_key(cfg, split, files)
+
+
+def read_split(cfg, split: str) -> RawSplit | TokenSplit:
+    """The checked split ``split`` of the data set ``cfg`` describes, as stored.
+
+    Read once and shared while anything uses it; read again once nothing does.
+    """
+    source, files, key = locate(cfg, split)
+
+    def read():
+        raw = source.read(cfg, split, files)
+        where = files[0].parent if files else source.title
+        _SPLIT_CHECKS[source.kind](source, cfg, raw, where)
+        log.debug(f"{source.title} {split}: read {len(raw)} examples")
+        return raw
+
+    return cache.stored(key, read)
 
 
 def clear_cache() -> None:
-    """Forget every split read so far (the next load reads the files again)."""
-    from llv.data import evaluation
-
-    _raw_cache.clear()
-    evaluation.clear_cache()
+    """Forget every split read and every tensor built so far (the next load reads the files)."""
+    cache.clear()
 
 
 def _cache_key(cfg, split: str, files) -> tuple:
-    settings = {k: setting(cfg, k) for k in _PIXEL_KEYS}
+    settings = {k: setting(cfg, k) for k in _READ_KEYS}
     stamps = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     return (
         json.dumps(settings, sort_keys=True, default=str),

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llv.console import LlvError
 from llv.data.source import DataSource, RawSplit, download_with_torchvision, root_dir, setting
+from llv.errors import LlvError
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -1,9 +1,10 @@
 """What every data set reader returns, and the one way its pixels become normalized tensors.
 
-A reader turns files (or a seed) into a :class:`RawSplit`: the images as stored (``uint8``
-for real data sets) plus the number that maps them to ``[0, 1]``. :func:`normalize` then
-reproduces torchvision's ``ToTensor()`` followed by ``Normalize(mean, std)`` exactly, in
-float32, on a whole batch at once.
+An image reader turns files (or a seed) into a :class:`RawSplit`: the images as stored
+(``uint8`` for real data sets) plus the number that maps them to ``[0, 1]``. :func:`normalize`
+then reproduces torchvision's ``ToTensor()`` followed by ``Normalize(mean, std)`` exactly, in
+float32, on a whole batch at once. A text reader returns a :class:`TokenSplit`: token ids and
+their next-token targets, which are never normalized nor cast.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ class RawSplit:
 
 
 @dataclass(frozen=True)
+class TokenSplit:
+    """One split of a text as sequences: ``inputs`` N×T int64 token ids, ``targets`` N×T int64,
+    the next token after each input (``targets[:, :-1] == inputs[:, 1:]``)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+#: What a source's splits hold: ``images`` (a :class:`RawSplit`) or ``tokens`` (a :class:`TokenSplit`).
+KINDS = ("images", "tokens")
+
+
+@dataclass(frozen=True)
 class DataSource:
     """How to find and read one data set.
 
@@ -44,14 +61,16 @@ class DataSource:
             where the config decides (synthetic, folder).
         locate: ``(cfg, split) -> files`` the split is read from; raises ``LlvError`` where
             they are missing (after downloading them when ``cfg.download`` is true).
-        read: ``(cfg, split, files) -> RawSplit``.
+        read: ``(cfg, split, files) -> RawSplit`` (or ``TokenSplit`` for ``tokens``).
+        kind: one of :data:`KINDS`.
     """
 
     name: str
     title: str
     shape: tuple[int, int, int] | None
     locate: Callable[[object, str], Sequence[Path]]
-    read: Callable[[object, str, Sequence[Path]], RawSplit]
+    read: Callable[[object, str, Sequence[Path]], RawSplit | TokenSplit]
+    kind: str = "images"
 
 
 def setting(cfg, key: str, default=None):
@@ -67,7 +86,7 @@ def root_dir(cfg) -> Path:
 
 def check_split(split: str) -> None:
     """Raise ``LlvError`` unless ``split`` is one of :data:`SPLITS`."""
-    from llv.console import LlvError
+    from llv.errors import LlvError
 
     if split not in SPLITS:
         raise LlvError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -75,7 +94,7 @@ def check_split(split: str) -> None:
 
 def channel_stats(values: Sequence[float], channels: int, what: str) -> torch.Tensor:
     """The config's per-channel ``mean`` or ``std`` as a float32 C×1×1 tensor (one value broadcasts)."""
-    from llv.console import LlvError
+    from llv.errors import LlvError
 
     stats = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
     if stats.numel() == 1:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from llv.console import LlvError
 from llv.data.source import DataSource, RawSplit, setting
+from llv.errors import LlvError
 
 SIGNAL = 0.2  # template amplitude (pixel RMS) around mid-grey
 NOISE = 0.1  # pixel noise standard deviation
