@@ -1,0 +1,305 @@
+"""BatchNorm folded per point equals the unfolded eval-mode forward, and never folds wrongly.
+
+The reference is the plain path of the evaluator: ``functional_call(model.eval(), state, x)``,
+one point at a time. Errors are max |folded − reference| ÷ max |reference| over the logits.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from llv.fold import FoldedForward, choose_memory_format, compile_forward
+from llv.models import build_model
+
+MODELS = ["resnet8", "resnet8_noshort", "resnet20", "vgg9"]
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+class Mixed(nn.Module):
+    """Conv without bias, conv with bias, Linear -> BatchNorm1d, and a BN fed by an addition."""
+
+    def __init__(self, size: int = 6):
+        super().__init__()
+        self.conv_plain = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn_plain = nn.BatchNorm2d(4)
+        self.conv_bias = nn.Conv2d(4, 4, 3, padding=1, bias=True)
+        self.bn_bias = nn.BatchNorm2d(4)
+        self.conv_skip = nn.Conv2d(4, 4, 1)
+        self.bn_sum = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * size * size, 6)
+        self.bn_fc = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        a = F.relu(self.bn_plain(self.conv_plain(x)))
+        b = F.relu(self.bn_bias(self.conv_bias(a)))
+        c = F.relu(self.bn_sum(b + self.conv_skip(a)))
+        return self.head(F.relu(self.bn_fc(self.fc(c.flatten(1)))))
+
+
+class OutputUsedTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class SharedWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.other = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.other.weight = self.conv.weight
+
+    def forward(self, x):
+        return self.other(F.relu(self.bn(self.conv(x))))
+
+
+class LinearOnSequence(nn.Module):
+    """Linear over the last axis of (N, L, C), then BatchNorm1d over L: channel axes differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+        self.bn = nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        return self.bn(self.fc(x))
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # torch.fx cannot trace a branch on a value
+            x = -x
+        return self.bn(self.conv(x))
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters in every BatchNorm."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.5 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.3 + 2 * torch.rand(n, generator=g))
+                m.weight.copy_(1 + 0.3 * torch.randn(n, generator=g))
+                m.bias.copy_(0.3 * torch.randn(n, generator=g))
+    return model
+
+
+def project_model(name: str, dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model({"name": name, "in_channels": 3, "num_classes": 10, "image_size": 8})
+    return randomize(model).to(dtype)
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def points(model: nn.Module, k: int, states: bool = False, seed: int = 1) -> dict[str, torch.Tensor]:
+    """k perturbed points as ``name -> (k, *shape)``: weights always, BN statistics if ``states``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in state_of(model).items():
+        if not t.is_floating_point():
+            continue
+        noise = torch.randn((k, *t.shape), generator=g, dtype=torch.float64).to(t.dtype)
+        if name.endswith("running_var"):
+            if states:
+                out[name] = t * (1 + 0.2 * noise.abs())
+        elif name.endswith("running_mean"):
+            if states:
+                out[name] = t + 0.2 * noise
+        else:
+            out[name] = t + 0.1 * noise * t.abs().mean()
+    return out
+
+
+def reference(model: nn.Module, state: dict, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(copy.deepcopy(model).eval(), state, (x,))
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", MODELS)
+def test_folded_equals_unfolded_at_one_point(name, dtype):
+    model = project_model(name, dtype)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    forward = FoldedForward(model)
+    state = {**state_of(model), **{n: t[0] for n, t in points(model, 1, states=True).items()}}
+    x = torch.randn(5, 3, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        want = reference(model, state, x)
+        for _ in range(2):  # the first call of VGG-9 runs unfolded to check its Linear -> BN1d
+            got = forward(state, x)
+            assert relative_error(got, want) <= TOLERANCE[dtype]
+    assert forward.folded_pairs
+    assert len(forward.folded_pairs) == sum(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                            for m in model.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in forward.module.modules())
+    # the model is untouched: values, dtypes, mode
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for n, t in before.items():
+        assert after[n].dtype == t.dtype and torch.equal(after[n], t)
+    assert model.training
+
+
+@pytest.mark.parametrize("states", [False, True])
+@pytest.mark.parametrize("name", MODELS)
+def test_folded_equals_unfolded_for_a_batch_of_points_under_vmap(name, states):
+    """As the evaluator batches points: perturbed tensors (k, ...), the others closed over."""
+    model = project_model(name)
+    forward = FoldedForward(model)
+    fixed = state_of(model)
+    batch = points(model, 3, states=states)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        want = torch.stack([reference(model, {**fixed, **{n: t[i] for n, t in batch.items()}}, x)
+                            for i in range(3)])
+        many = vmap(lambda params, x: forward({**fixed, **params}, x), in_dims=(0, None))
+        for _ in range(2):
+            assert relative_error(many(batch, x), want) <= 1e-5
+
+
+def test_fold_state_takes_leading_point_dimensions():
+    """fold_state on (k, ...) tensors equals fold_state of each point, stacked."""
+    model = project_model("resnet8")
+    forward = FoldedForward(model)
+    batch = points(model, 3, states=True)
+    folded = forward.fold_state(batch)
+    for i in range(3):
+        one = forward.fold_state({n: t[i] for n, t in batch.items()})
+        for name, tensor in one.items():
+            assert torch.allclose(folded[name][i] if folded[name].dim() > tensor.dim() else folded[name],
+                                  tensor, rtol=1e-6, atol=1e-7), name
+    assert "bn1.running_mean" not in folded and "conv1.bias" in folded
+
+
+def test_hand_made_net_folds_what_is_exact_and_keeps_the_addition():
+    model = randomize(Mixed())
+    model.train()  # a model in training mode is evaluated in eval mode, as the evaluator does
+    forward = FoldedForward(model)
+    x = torch.randn(7, 3, 6, 6)
+    state = state_of(model)
+    with torch.no_grad():
+        want = reference(model, state, x)
+        first, second = forward(state, x), forward(state, x)
+    assert relative_error(first, want) <= 1e-5 and relative_error(second, want) <= 1e-5
+    assert {(p.layer, p.norm) for p in forward.folded_pairs} == {
+        ("conv_plain", "bn_plain"), ("conv_bias", "bn_bias"), ("fc", "bn_fc")}
+    assert "bn_sum" in forward.not_folded and "`add`" in forward.not_folded["bn_sum"]
+    assert "not folded: bn_sum" in forward.explain()
+    assert model.training and model.bn_sum.training  # the mode of the model is its own
+
+
+@pytest.mark.parametrize("net, norm, words", [
+    (OutputUsedTwice, "bn", "also used by"),
+    (SharedWeight, "bn", "shares a tensor"),
+    (LinearOnSequence, "bn", "3-D"),
+])
+def test_patterns_that_are_not_exact_stay_unfolded(net, norm, words):
+    torch.manual_seed(0)
+    model = randomize(net())
+    forward = FoldedForward(model)
+    x = torch.randn(4, 5, 5) if net is LinearOnSequence else torch.randn(4, 3, 6, 6)
+    state = state_of(model)
+    with torch.no_grad():
+        want = reference(model, state, x)
+        for _ in range(2):
+            assert relative_error(forward(state, x), want) <= 1e-6
+    assert forward.folded_pairs == []
+    assert words in forward.not_folded[norm]
+
+
+def test_a_model_fx_cannot_trace_runs_unfolded_with_the_reason():
+    model = randomize(DataDependent())
+    forward = FoldedForward(model)
+    x = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        assert relative_error(forward(state_of(model), x), reference(model, state_of(model), x)) == 0
+    assert forward.folded_pairs == [] and "cannot trace" in forward.explain()
+
+
+def test_linear_pairs_are_checked_by_example_args_at_set_up():
+    model = randomize(Mixed())
+    forward = FoldedForward(model, example_args=(torch.randn(2, 3, 6, 6),))
+    assert ("fc", "bn_fc") in {(p.layer, p.norm) for p in forward.folded_pairs}
+    assert "pending" not in forward.explain()
+
+
+def test_module_alone_is_the_folded_model_at_its_own_tensors():
+    model = project_model("resnet8")
+    forward = FoldedForward(model)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert relative_error(forward.module(x), copy.deepcopy(model).eval()(x)) <= 1e-5
+
+
+def test_bf16_autocast_folded_is_as_accurate_as_unfolded():
+    """Folding is computed in float32 before autocast casts the conv weights to bf16."""
+    model = project_model("resnet20")
+    forward = FoldedForward(model)
+    state = state_of(model)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        exact = reference(model, state, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            folded = forward(state, x)
+            unfolded = reference(model, state, x)
+    assert folded.dtype == unfolded.dtype
+    assert relative_error(folded, exact) <= max(2 * relative_error(unfolded, exact), 1e-2)
+    assert relative_error(folded, exact) <= 5e-2
+
+
+def test_compile_auto_stays_eager_when_few_passes_would_not_repay_it():
+    model = project_model("resnet8")
+    forward = FoldedForward(model)
+    args = (state_of(model), torch.randn(2, 3, 8, 8))
+    choice = compile_forward(forward, args, passes=1, mode="auto")
+    assert not choice.compiled and choice.forward is forward and "less than compiling" in choice.reason
+    assert not compile_forward(forward, args, passes=10**9, mode="off").compiled
+
+
+@pytest.mark.slow
+def test_compiled_forward_equals_eager():
+    model = project_model("resnet8")
+    forward = FoldedForward(model)
+    state = state_of(model)
+    x = torch.randn(4, 3, 8, 8)
+    choice = compile_forward(lambda s, x: forward(s, x), (state, x), passes=1, mode="on")
+    other = {**state, **{n: t[0] for n, t in points(model, 1, states=True).items()}}
+    with torch.no_grad():
+        for s in (state, other):  # a new point is new tensors, not a new graph
+            assert relative_error(choice.forward(s, x), reference(model, s, x)) <= 1e-5
+    assert choice.compiled or "failed" in choice.reason or "differs" in choice.reason
+
+
+def test_memory_format_rule():
+    model = project_model("resnet8")
+    forward = FoldedForward(model)
+    state = state_of(model)
+    flat = choose_memory_format(lambda x: x.sum(), torch.randn(4, 10))
+    assert flat.memory_format == torch.contiguous_format and flat.ratio is None
+    choice = choose_memory_format(lambda x: forward(state, x), torch.randn(8, 3, 8, 8), repeats=1)
+    assert choice.ratio > 0
+    assert (choice.memory_format == torch.channels_last) == (choice.ratio <= 0.97)
