@@ -190,7 +190,8 @@ def test_ensemble_1d_draws_median_band_and_members(tmp_path):
     median = [line for line in ax.get_lines() if "median" in line.get_label()]
     assert len(median) == 1
     np.testing.assert_allclose(median[0].get_ydata(), X7**2 + 2)
-    assert len(ax.get_lines()) == 6  # five faint members and the median
+    curves = [line for line in ax.get_lines() if not line.get_label().startswith("minimum")]
+    assert len(curves) == 6  # five faint members and the median
     assert len(ax.collections) == 1  # the 10-90 % band
     members = np.stack([X7**2 + k for k in range(5)])
     band = ax.collections[0].get_paths()[0].vertices  # every vertex is (alpha, loss) on the band's edge
@@ -376,19 +377,20 @@ def test_compare_uses_the_same_levels_in_every_panel_and_one_colour_bar(tmp_path
     union = np.concatenate([low.values["train_loss"].ravel(), high.values["train_loss"].ravel()])
     assert levels[0][0] <= union.min() and levels[0][-1] >= union.max()
     assert len(figure.axes) == 3  # two panels and one shared colour bar
-    assert [ax.get_title() for ax in figure.axes[:2]] == ["a", "b"]
+    # each panel names its run and what differs; the super-title what they share
+    assert [ax.get_title() for ax in figure.axes[:2]] == ["a · 7×4 grid", "b · 5×4 grid"]
+    assert figure.get_suptitle() == "resnet8 · digits · filter norm"
     fixed = surface_plot.figure_compare([low, high], PlotOptions(vmin=1, vmax=5, vlevel=1))
     for ax in fixed.axes[:2]:
         for cs in (c for c in ax.collections if isinstance(c, ContourSet)):
             np.testing.assert_array_equal(cs.levels, [1, 2, 3, 4, 5])
 
 
-def test_log_contours_have_a_constant_ratio(tmp_path):
-    surface = load_surface(write_llv_surface(tmp_path / "surface.h5"))
+def test_log_contours_are_1_2_5_within_each_decade(tmp_path):
+    surface = load_surface(write_llv_surface(tmp_path / "surface.h5"))  # 0.2 to 3.2
     figure = surface_plot.figure_map(surface, "contourf", PlotOptions(log=True))
     (filled,) = [c for c in figure.axes[0].collections if isinstance(c, ContourSet) and c.filled]
-    ratios = filled.levels[1:] / filled.levels[:-1]
-    np.testing.assert_allclose(ratios, ratios[0])
+    np.testing.assert_allclose(filled.levels, [0.2, 0.5, 1, 2, 5])
 
 
 # ------------------------------------------------------------------------------ 1-D, trajectory, curvature

@@ -19,12 +19,14 @@ from llv.plot._figure import (
     PlotOptions,
     add_colorbar,
     contour_levels,
+    label_contours,
     new_figure,
     save_figure,
+    surface_title,
     value_range,
 )
 from llv.plot.io import HessianPoint, Surface, load_hessian_point, load_surface
-from llv.plot.surface import draw_map
+from llv.plot.surface import draw_map, mark_gaps
 
 RATIO_LABEL = "|λmin / λmax|"
 
@@ -43,13 +45,14 @@ def eigen_ratio(surface: Surface) -> np.ndarray:
     return ratio
 
 
-def figure_hessian(surface: Surface, options: PlotOptions) -> Figure:
-    """The |λmin/λmax| map (heatmap with contour lines), or a curve along α for 1-D grids."""
+def draw_hessian(ax, surface: Surface, options: PlotOptions):
+    """The |λmin/λmax| map on ``ax`` (heatmap with labelled contour lines), or a curve along α
+    for 1-D grids. The ratio is never put on a log scale automatically."""
     ratio = eigen_ratio(surface)
+    options = dataclasses.replace(options, log=bool(options.log))
     if options.vmin is None and not options.log:
         options = dataclasses.replace(options, vmin=0.0)
-    figure = new_figure(6.0, 4.8)
-    ax = figure.add_subplot()
+    title = surface_title(surface, "max_eig")
     if not surface.is_2d:
         ax.plot(surface.x, ratio, color="tab:purple", marker=".", label=RATIO_LABEL)
         if options.log:
@@ -57,23 +60,35 @@ def figure_hessian(surface: Surface, options: PlotOptions) -> Figure:
         ax.set_ylim(options.vmin, options.vmax)
         ax.set_xlabel("α")
         ax.set_ylabel(RATIO_LABEL)
-    else:
-        low, high = value_range(ratio, options)
-        heat = draw_map(ax, surface, ratio, "heatmap", np.array([low, high]), options)
-        levels = contour_levels(ratio, options, nbins=6)
-        lines = ax.contour(
-            surface.x,
-            surface.y,
-            np.ma.masked_invalid(ratio),
-            levels=levels,
-            colors="w",
-            linewidths=0.5,
-            alpha=0.7,
-        )
-        if len(lines.levels) <= 12:
-            ax.clabel(lines, inline=True, fontsize=7, fmt="%.2g")
-        add_colorbar(figure, heat, ax=ax, label=RATIO_LABEL)
-    ax.set_title(f"{surface.describe()} · {RATIO_LABEL}")
+        ax.set_title(f"{RATIO_LABEL} · {title}", fontsize="medium")
+        return ax
+    low, high = value_range(ratio, options)
+    heat = draw_map(ax, surface, ratio, "heatmap", np.array([low, high]), options)
+    levels = contour_levels(ratio, options, nbins=6)
+    lines = ax.contour(
+        surface.x,
+        surface.y,
+        np.ma.masked_invalid(ratio),
+        levels=levels,
+        colors="0.15",
+        linewidths=0.6,
+        alpha=0.8,
+    )
+    gaps = mark_gaps(ax, surface, ratio)
+    add_colorbar(ax.figure, heat, ax=ax, label=RATIO_LABEL, levels=levels)
+    ax.set_title(f"{RATIO_LABEL} · {title}", fontsize="medium")
+    legend = ax.legend(handles=gaps, loc="lower left", fontsize="x-small") if gaps else None
+    labels = label_contours(ax, lines, avoid=[legend])
+    for text in labels:  # dark text on a light box reads on every colour of the map
+        text.set_bbox({"boxstyle": "round,pad=0.1", "facecolor": "white", "alpha": 0.7,
+                       "linewidth": 0})
+    return ax
+
+
+def figure_hessian(surface: Surface, options: PlotOptions) -> Figure:
+    """The |λmin/λmax| map (heatmap with contour lines), or a curve along α for 1-D grids."""
+    figure = new_figure(6.0, 4.8)
+    draw_hessian(figure.add_subplot(), surface, options)
     return figure
 
 

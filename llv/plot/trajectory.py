@@ -12,12 +12,14 @@ from llv.plot._figure import (
     PlotOptions,
     add_colorbar,
     contour_levels,
-    metric_label,
+    label_contours,
     new_figure,
+    resolve_log,
     save_figure,
+    surface_title,
 )
 from llv.plot.io import Projection, Surface, load_projection, load_surface
-from llv.plot.surface import draw_map, require_2d
+from llv.plot.surface import colour_label, draw_map, mark_gaps, require_2d
 
 
 def axis_label(ordinal: str, ratio: float | None) -> str:
@@ -35,14 +37,16 @@ def figure_trajectory(
     """The path (line and dots) over the contours of ``surface``; red dots at lr drops."""
     figure = new_figure(6.0, 4.8)
     ax = figure.add_subplot()
+    mappable = None
     if surface is not None:
         require_2d(surface, "trajectory")
-        metric = surface.default_metric()
+        metric = options.metric or surface.default_metric()
         values = surface.grid(metric)
-        mappable = draw_map(
-            ax, surface, values, "contour", contour_levels(values, options), options
-        )
-        add_colorbar(figure, mappable, ax=ax, label=metric_label(metric))
+        options = resolve_log(options, values)
+        levels = contour_levels(values, options)
+        mappable = draw_map(ax, surface, values, "contour", levels, options)
+        mark_gaps(ax, surface, values)
+        add_colorbar(figure, mappable, ax=ax, label=colour_label(metric, options), levels=levels)
     ax.plot(
         projection.x, projection.y, color="k", linewidth=1.0, marker=".", markersize=4, label="path"
     )
@@ -71,10 +75,23 @@ def figure_trajectory(
     second = float(ratio[1]) if ratio is not None and ratio.size > 1 else None
     ax.set_xlabel(axis_label("1st", first))
     ax.set_ylabel(axis_label("2nd", second))
-    ax.legend(loc="best", fontsize="small")
-    title = surface.describe() if surface is not None else projection.path.parent.name
-    ax.set_title(f"optimization path · {title}")
+    legend = ax.legend(loc="best", fontsize="small")
+    if surface is not None:
+        title = surface_title(surface, metric, omit=("norm",))
+    else:
+        title = " · ".join(str(projection.attrs[k]) for k in ("model", "dataset")
+                           if projection.attrs.get(k)) or projection.path.parent.name
+    ax.set_title(f"optimization path · {title}", fontsize="medium")
+    if mappable is not None:
+        label_contours(ax, mappable, avoid=[_densified(projection.x, projection.y), legend])
     return figure
+
+
+def _densified(x: np.ndarray, y: np.ndarray, per_step: int = 8) -> np.ndarray:
+    """Points along a polyline, ``per_step`` per segment: what a label must not cover."""
+    t = np.linspace(0, len(x) - 1, max(1, (len(x) - 1) * per_step + 1))
+    index = np.arange(len(x))
+    return np.column_stack([np.interp(t, index, x), np.interp(t, index, y)])
 
 
 def plot_trajectory(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
