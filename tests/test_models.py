@@ -43,6 +43,7 @@ FAST_SHAPES = {
     "resnet50_noshort": ("digits",),
 }
 LARGE = 8_000_000  # parameters; real-weight load tests of bigger nets are slow
+LANGUAGE_MODELS = ("tiny_lm",)  # read token ids, not images: tested on their own below
 
 
 def _cfg(name, shape="cifar10", **options):
@@ -132,7 +133,7 @@ def test_large_reference_checkpoint_layout_loads_strictly_on_meta(name):
 
 def _shape_cases():
     for name in MODEL_NAMES:
-        if name == "custom":
+        if name == "custom" or name in LANGUAGE_MODELS:
             continue
         for shape in SHAPES:
             fast = shape in FAST_SHAPES.get(name, ())
@@ -321,3 +322,97 @@ def test_composed_config_builds_the_model(overrides, shape):
     cfg = compose("surface", overrides)
     net = build_model(cfg.model).eval()
     assert net(torch.randn(*shape)).shape == (2, cfg.dataset.num_classes)
+
+
+# ------------------------------------------------------------------------- the language model
+
+
+def _tiny_lm(**options):
+    torch.manual_seed(0)
+    return build_model({"name": "tiny_lm", "vocab_size": 50, "seq_len": 12, **options}).eval()
+
+
+@pytest.mark.parametrize("tie_weights", [False, True])
+def test_tiny_lm_maps_token_ids_to_next_token_logits(tie_weights):
+    net = _tiny_lm(tie_weights=tie_weights)
+    tokens = torch.randint(50, (3, 12), generator=torch.Generator().manual_seed(1))
+    assert net(tokens).shape == (3, 12, 50)
+    assert net(tokens[:, :5]).shape == (3, 5, 50)  # shorter sequences use the first positions
+    # tied: the head is the embedding itself, one parameter fewer of vocab x d_model
+    untied = sum(p.numel() for p in _tiny_lm(tie_weights=False).parameters())
+    assert sum(p.numel() for p in net.parameters()) == untied - 50 * 64 * tie_weights
+
+
+def test_tiny_lm_is_causal():
+    # the logits at position t depend on tokens 0..t only: changing token 7 leaves 0..6 alone
+    net = _tiny_lm()
+    tokens = torch.randint(50, (2, 12), generator=torch.Generator().manual_seed(2))
+    changed = tokens.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 50
+    with torch.no_grad():
+        before, after = net(tokens), net(changed)
+    assert torch.equal(before[:, :7], after[:, :7])
+    assert (before[:, 7:] - after[:, 7:]).abs().amax(dim=-1).min() > 0
+    # and position t equals a forward pass of the prefix alone
+    with torch.no_grad():
+        torch.testing.assert_close(net(tokens[:, :4]), before[:, :4], rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_lm_attention_equals_a_per_position_loop():
+    # brute-force reference: each position's attention over positions 0..t, one at a time
+    net = _tiny_lm(num_heads=2)
+    attention = net.blocks[0].attention
+    x = torch.randn(2, 6, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fast = attention(x)
+        q, k, v = attention.qkv(x).split(64, dim=-1)
+        rows = []
+        for t in range(6):
+            heads = []
+            for h in range(2):
+                part = slice(32 * h, 32 * (h + 1))
+                weights = (q[:, t, part, None] * k[:, : t + 1, part].transpose(1, 2)).sum(1)
+                weights = (weights / math.sqrt(32)).softmax(dim=-1)  # B x (t+1)
+                heads.append((weights[:, :, None] * v[:, : t + 1, part]).sum(1))
+            rows.append(attention.proj(torch.cat(heads, dim=-1)))
+    torch.testing.assert_close(fast, torch.stack(rows, dim=1), rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_lm_runs_under_vmap_and_double_backward():
+    # grid points are vmapped over parameter sets; Hessians take gradients of gradients
+    net = _tiny_lm()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    stacked = {k: torch.stack([v, 1.1 * v]) for k, v in params.items()}
+    tokens = torch.randint(50, (3, 12), generator=torch.Generator().manual_seed(4))
+
+    def forward(p):
+        return torch.func.functional_call(net, p, (tokens,))
+
+    batched = torch.vmap(forward)(stacked)
+    with torch.no_grad():
+        looped = torch.stack([forward({k: v[i] for k, v in stacked.items()}) for i in range(2)])
+    torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-5)
+
+    weight = dict(net.named_parameters())["blocks.0.attention.qkv.weight"]
+    loss = nn.functional.cross_entropy(net(tokens).flatten(0, 1), tokens.roll(-1, 1).flatten())
+    (grad,) = torch.autograd.grad(loss, weight, create_graph=True)
+    direction = torch.randn_like(weight)
+    (hvp,) = torch.autograd.grad((grad * direction).sum(), weight)
+    assert torch.isfinite(hvp).all() and hvp.abs().sum() > 0
+
+
+def test_tiny_lm_refuses_images_and_long_sequences():
+    net = _tiny_lm()
+    with pytest.raises(LlvError, match="tiny_lm reads token ids .* use dataset=text"):
+        net(torch.randn(2, 1, 8, 8))
+    with pytest.raises(LlvError, match="tiny_lm has 12 positions, got sequences of 13"):
+        net(torch.zeros(1, 13, dtype=torch.int64))
+    with pytest.raises(LlvError, match="num_heads=3 must divide d_model=64"):
+        _tiny_lm(num_heads=3)
+
+
+def test_tiny_lm_takes_vocab_and_context_from_the_text_dataset():
+    cfg = compose("train", ["model=tiny_lm", "dataset=text", "dataset.seq_len=32", "dataset.vocab=300"])
+    assert (cfg.model.vocab_size, cfg.model.seq_len) == (300, 32)
+    net = build_model(cfg.model)
+    assert net(torch.zeros(1, 32, dtype=torch.int64)).shape == (1, 32, 300)

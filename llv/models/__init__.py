@@ -1,4 +1,5 @@
-"""The model zoo: the paper's networks with the reference's state-dict keys, small CPU models, custom.
+"""The model zoo: the paper's networks with the reference's state-dict keys, small CPU models, a tiny
+causal language model (``tiny_lm``), custom.
 
 >>> from llv.models import build_model
 >>> net = build_model({"name": "resnet56", "in_channels": 3, "num_classes": 10, "image_size": 32})

@@ -13,6 +13,7 @@ from llv.models._layers import ModelSpec, image_hw
 from llv.models.densenet import densenet121
 from llv.models.resnet import cifar_resnet, imagenet_resnet
 from llv.models.small import mlp, resnet8
+from llv.models.transformer import tiny_lm
 from llv.models.vgg import vgg9
 from llv.models.wide_resnet import wide_resnet
 
@@ -63,6 +64,8 @@ _BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "resnet8": resnet8,
     "resnet8_noshort": partial(resnet8, shortcut=False),
     "mlp": mlp,
+    # A small causal transformer language model for dataset=text.
+    "tiny_lm": tiny_lm,
     # Anything else, by Hydra _target_.
     "custom": custom,
     # The reference's other names (its noshort depth sweep and ImageNet-style ResNets).
@@ -93,7 +96,8 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     Args:
         model_cfg: an OmegaConf node or dict with ``name``, ``in_channels``, ``num_classes`` and
             ``image_size`` (an int or ``[height, width]``; missing ones default to CIFAR-10's
-            3, 10 and 32), plus model options (``hidden`` for ``mlp``, ``module`` for ``custom``).
+            3, 10 and 32), plus model options (``hidden`` for ``mlp``, ``module`` for ``custom``,
+            ``vocab_size`` and ``seq_len`` for ``tiny_lm``).
 
     Returns:
         The model on the CPU in training mode. Seed the global RNG first for reproducible
