@@ -1,8 +1,64 @@
-"""llv: the loss-landscape visualizer for PyTorch.
+"""llv: the loss-landscape visualizer for PyTorch (Li et al., NeurIPS 2018), as a library.
 
-Importing :mod:`llv` is cheap: torch, matplotlib and h5py are imported by the modules that
-need them, so ``llv --help`` is instant.
+Any ``nn.Module`` and any data (a DataLoader, a Dataset, an ``(inputs, targets)`` pair or an
+iterable of tuple or dict batches) in, result objects out::
+
+    import llv
+    s = llv.surface(model, loader, x=(-1, 1, 51), y=(-1, 1, 51), norm="filter")
+    s["train_loss"]; s.plot(kind="contour"); s.save("surface.h5"); llv.load("surface.h5")
+    llv.interpolate(model_a, model_b, loader)
+    llv.hessian(model, loader).eigenvalues(k=3)
+
+Importing :mod:`llv` is cheap: torch, matplotlib and h5py are imported on first use of an API
+function, so ``llv --help`` stays instant.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+
+__all__ = [
+    "Density",
+    "Directions",
+    "Eigenvalues",
+    "Hessian",
+    "HessianPoint",
+    "LlvError",
+    "Projection",
+    "Surface",
+    "Trace",
+    "__version__",
+    "connect",
+    "directions",
+    "hessian",
+    "hessian_map",
+    "interpolate",
+    "load",
+    "surface",
+    "trajectory",
+]
+
+from llv.errors import LlvError
+
+_LAZY = {
+    "surface": "llv.api", "interpolate": "llv.api", "directions": "llv.api", "hessian": "llv.api",
+    "hessian_map": "llv.api", "trajectory": "llv.api", "connect": "llv.api",
+    "load": "llv.results", "Surface": "llv.results", "HessianPoint": "llv.results",
+    "Projection": "llv.results", "Eigenvalues": "llv.results", "Trace": "llv.results",
+    "Density": "llv.results", "Directions": "llv.direction", "Hessian": "llv.spectrum",
+}
+
+
+def __getattr__(name: str):
+    """The API, imported on first use (PEP 562): ``import llv`` does not import torch."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'llv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

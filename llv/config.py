@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from llv.console import LlvError
+from llv.grid import Axis, GridSpec  # noqa: F401  (re-exported: configs name grids)
 
 COMMANDS = ("train", "direction", "surface", "interpolate", "hessian", "trajectory")
 GROUPS = ("model", "dataset", "norm", "grid", "dist", "experiment")
@@ -134,107 +134,6 @@ def to_yaml(cfg) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-# ---------------------------------------------------------------------------------------- grids
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One axis of a grid: ``num`` evenly spaced coordinates from ``min`` to ``max``."""
-
-    min: float
-    max: float
-    num: int
-
-    @classmethod
-    def parse(cls, spec: object, name: str = "grid.x") -> Axis:
-        """Parse ``'min:max:num'``.
-
-        >>> Axis.parse("-1:1:5").coordinates().tolist()
-        [-1.0, -0.5, 0.0, 0.5, 1.0]
-        """
-        parts = str(spec).split(":")
-        try:
-            if len(parts) != 3:
-                raise ValueError
-            lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
-        except ValueError:
-            raise LlvError(f"bad grid spec {name}={spec!r}: expected min:max:num, e.g. -1:1:51") from None
-        if num < 1:
-            raise LlvError(f"bad grid spec {name}={spec!r}: num must be at least 1")
-        if num > 1 and not hi > lo:
-            raise LlvError(f"bad grid spec {name}={spec!r}: max must be greater than min")
-        if num == 1 and hi != lo:
-            raise LlvError(f"bad grid spec {name}={spec!r}: one point needs min == max")
-        return cls(lo, hi, num)
-
-    def coordinates(self):
-        import numpy as np
-
-        return np.linspace(self.min, self.max, self.num)
-
-    def __str__(self) -> str:
-        return f"{self.min:g}:{self.max:g}:{self.num}"
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """A 0-D (single point), 1-D or 2-D grid of direction coefficients.
-
-    Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``.
-    """
-
-    x: Axis | None
-    y: Axis | None = None
-
-    @classmethod
-    def from_cfg(cls, grid) -> GridSpec:
-        x = grid.get("x") if hasattr(grid, "get") else None
-        y = grid.get("y") if hasattr(grid, "get") else None
-        if x is None and y is not None:
-            raise LlvError("bad grid spec: grid.y is set but grid.x is null")
-        return cls(Axis.parse(x, "grid.x") if x is not None else None,
-                   Axis.parse(y, "grid.y") if y is not None else None)
-
-    @property
-    def ndim(self) -> int:
-        return 0 if self.x is None else (1 if self.y is None else 2)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        if self.x is None:
-            return ()
-        if self.y is None:
-            return (self.x.num,)
-        return (self.y.num, self.x.num)
-
-    @property
-    def num_points(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    def coefficients(self):
-        """(num_points, 2) array of (alpha, beta) in storage (row-major) order."""
-        import numpy as np
-
-        if self.x is None:
-            return np.zeros((1, 2))
-        xs = self.x.coordinates()
-        if self.y is None:
-            return np.stack([xs, np.zeros_like(xs)], axis=1)
-        ys = self.y.coordinates()
-        beta, alpha = np.meshgrid(ys, xs, indexing="ij")
-        return np.stack([alpha.ravel(), beta.ravel()], axis=1)
-
-    def describe(self) -> str:
-        if self.x is None:
-            return "a single point"
-        if self.y is None:
-            return f"1D x={self.x}"
-        return f"2D x={self.x} y={self.y} ({self.y.num}x{self.x.num})"
 
 
 # ------------------------------------------------------------------------------ run directories

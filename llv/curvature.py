@@ -11,19 +11,16 @@ multiplies it onto vectors (one pass over the data per product). On top of it:
 - :func:`spectral_density` and :func:`smooth_density`: stochastic Lanczos quadrature
   (Ghorbani, Krishnan and Xiao, 2019; PyHessian's ``density``).
 
-Loss conventions (the same in every product, :meth:`HessianOperator.loss_value` and
-:meth:`HessianOperator.gradient`), with N examples and C classes:
-
-- ``"ce"``: (1/N) Σₙ cross-entropy(fₙ, yₙ), the mean cross-entropy of the logits;
-- ``"mse"``: (1/N) Σₙ Σ_c (fₙ,c − onehot(yₙ)_c)², squared error of the raw outputs summed
-  over classes and averaged over examples. (The reference implementation's MSE applies a
-  softmax first and also averages over classes; pass a callable as ``loss`` to get that.)
+The loss is the mean over the N examples of :func:`llv.losses.per_example_loss` (``"ce"``,
+``"mse"``: mean over the C classes of (fₙ,c − onehot(yₙ)_c)²) or of a callable's
+per-example losses: exactly the loss that surfaces show, so dᵀHd is the curvature of the
+surface along d.
 
 Example:
     >>> import torch
     >>> model = torch.nn.Linear(2, 1, bias=False)
     >>> inputs, targets = torch.eye(2), torch.zeros(2, dtype=torch.long)
-    >>> op = HessianOperator(model, inputs, targets, loss="mse")  # H = 2/N XᵀX = I
+    >>> op = HessianOperator(model, inputs, targets, loss="mse")  # H = 2/(NC) XᵀX = I
     >>> op.matvec(torch.tensor([1.0, 2.0]))
     tensor([1., 2.])
     >>> op.num_hvp
@@ -38,12 +35,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from llv.batches import Batches, as_batches, split_batch
+from llv.losses import check_loss, per_example_loss
+from llv.params import eval_mode
 
 __all__ = [
     "HVP_METHODS",
-    "LOSSES",
     "HessianOperator",
     "bottom_eigenpairs",
     "extreme_eigenvalues",
@@ -54,25 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("llv")
-
-LossFunction = Callable[[Tensor, Tensor], Tensor]
-
-
-def _cross_entropy_sum(logits: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(logits, targets, reduction="sum")
-
-
-def _squared_error_sum(outputs: Tensor, targets: Tensor) -> Tensor:
-    if not targets.is_floating_point():
-        targets = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
-    return (outputs - targets).square().sum()
-
-
-#: Loss name -> the loss SUMMED over the examples of one chunk (the operator divides by N).
-LOSSES: dict[str, LossFunction] = {
-    "ce": _cross_entropy_sum,
-    "mse": _squared_error_sum,
-}
 
 #: Ways to compute a Hessian-vector product; both are exact to rounding. Reverse-over-reverse
 #: (double backward) is the default because it was the faster on CPU in every case timed
@@ -87,22 +67,26 @@ HVP_METHODS = ("reverse_over_reverse", "forward_over_reverse")
 class HessianOperator:
     """Hessian of the mean training loss with respect to some tensors of a model.
 
-    The model runs in eval mode (BatchNorm uses its running statistics) through
-    ``torch.func.functional_call(model, state, (x,))``, so the point θ is whatever ``state``
-    holds, not necessarily the model's own tensors.
+    The model runs in eval mode (BatchNorm uses its running statistics; the caller's flags
+    are restored after every call) through ``torch.func.functional_call``, so the point θ is
+    whatever ``state`` holds, not necessarily the model's own tensors. The model is never
+    modified.
 
     Args:
-        model: the network; it is put in eval mode.
-        inputs: all N examples, (N, ...).
-        targets: class indices (N,), or float targets (N, C) for ``"mse"``.
+        model: the network.
+        inputs: all N examples, (N, ...) — or, with ``targets=None``, any data llv takes
+            (:func:`llv.batches.as_batches`: a DataLoader, a Dataset, an iterable of tuple or
+            dict batches, or :class:`llv.batches.Batches`).
+        targets: class indices (N,) or (N, T), or float targets (N, C) for ``"mse"``.
         wrt: names of the tensors (parameters or floating buffers) the Hessian is taken with
             respect to, in this order; default all of ``model.named_parameters()``.
         state: name -> tensor for parameters and buffers; entries missing here are taken
             from the model. Default: the model's own tensors.
-        loss: ``"ce"``, ``"mse"`` (see the module docstring), or a callable
-            ``(outputs, targets) -> loss summed over the chunk``.
-        batch_size: examples per forward pass (the chunks' products are summed exactly).
-        dtype: cast the state and inputs to this dtype, e.g. ``torch.float64`` for exactness.
+        loss: ``"ce"``, ``"mse"`` (:mod:`llv.losses`), or a callable
+            ``(outputs, batch) -> per-example losses``.
+        batch_size: examples per forward pass for tensors (the chunks' products are summed
+            exactly); loaders keep their own batches.
+        dtype: cast the state and floating inputs to this dtype, e.g. ``torch.float64``.
         method: one of :data:`HVP_METHODS`.
 
     Attributes:
@@ -115,29 +99,25 @@ class HessianOperator:
     def __init__(
         self,
         model: nn.Module,
-        inputs: Tensor,
-        targets: Tensor,
+        inputs,
+        targets: Tensor | None = None,
         wrt: Sequence[str] | None = None,
         state: dict[str, Tensor] | None = None,
-        loss: str | LossFunction = "ce",
+        loss="ce",
         batch_size: int = 1024,
         dtype: torch.dtype | None = None,
         *,
         method: str = "reverse_over_reverse",
     ) -> None:
-        if isinstance(loss, str):
-            if loss not in LOSSES:
-                raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
-            loss = LOSSES[loss]
+        check_loss(loss)
         if method not in HVP_METHODS:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(HVP_METHODS)}")
-        if batch_size < 1:
+        if isinstance(batch_size, int) and batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if len(inputs) == 0 or len(inputs) != len(targets):
+        if targets is not None and (len(inputs) == 0 or len(inputs) != len(targets)):
             raise ValueError(
                 f"need as many targets as inputs (>0), got {len(inputs)} and {len(targets)}"
             )
-        model.eval()
         self.model = model
         self._loss = loss
         self._method = method
@@ -170,17 +150,23 @@ class HessianOperator:
         self.n = sum(self._numels)
         self.num_hvp = 0
 
-        inputs = inputs.to(self.device)
-        if dtype is not None and inputs.is_floating_point():
-            inputs = inputs.to(dtype)
-        targets = targets.to(self.device)
-        if dtype is not None and targets.is_floating_point():
-            targets = targets.to(dtype)
-        self.num_examples = len(inputs)
-        self._chunks = [
-            (inputs[i : i + batch_size], targets[i : i + batch_size])
-            for i in range(0, self.num_examples, batch_size)
-        ]
+        data = (inputs, targets) if targets is not None else inputs
+        self.data = as_batches(data, batch_size=batch_size, device=self.device, float_dtype=dtype)
+        self.num_examples = self.data.num_examples
+
+    @classmethod
+    def like(cls, other: HessianOperator, state: dict[str, Tensor] | None = None) -> HessianOperator:
+        """The same loss, data and ``wrt`` at another point ``state`` (shares the data)."""
+        op = cls.__new__(cls)
+        op.__dict__.update(other.__dict__)
+        full = {**other._fixed, **other._primals}
+        if state is not None:
+            full.update({k: t.detach().to(other.dtype) if t.is_floating_point() else t.detach()
+                         for k, t in state.items()})
+        op._primals = {name: full[name] for name in other.wrt}
+        op._fixed = {k: t for k, t in full.items() if k not in set(other.wrt)}
+        op.num_hvp = 0
+        return op
 
     # -- flat vectors <-> named tensors -------------------------------------------------------
 
@@ -199,33 +185,37 @@ class HessianOperator:
 
     # -- the loss and its derivatives ---------------------------------------------------------
 
-    def _chunk_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        outputs = torch.func.functional_call(self.model, {**self._fixed, **params}, (x,))
-        return self._loss(outputs, y)
+    def _chunk_loss(self, params: dict[str, Tensor], batch) -> Tensor:
+        """The loss summed over one batch's examples."""
+        args, kwargs, targets = split_batch(batch)
+        outputs = torch.func.functional_call(self.model, {**self._fixed, **params}, args, kwargs)
+        if callable(self._loss):
+            return torch.as_tensor(self._loss(outputs, batch)).sum()
+        return per_example_loss(outputs, targets, self._loss).sum()
 
     def loss_value(self) -> float:
         """The mean loss over all examples at the operator's point."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with torch.no_grad():
-            for x, y in self._chunks:
-                total += self._chunk_loss(self._primals, x, y).double()
+        with torch.no_grad(), eval_mode(self.model):
+            for batch in self.data:
+                total += self._chunk_loss(self._primals, batch).double()
         return float(total) / self.num_examples
 
     def gradient(self) -> Tensor:
         """The gradient of the mean loss, flat (length ``n``)."""
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self._chunks:
+        for batch in self.data:
             leaves = [t.detach().requires_grad_(True) for t in self._primals.values()]
-            with torch.enable_grad():
-                loss = self._chunk_loss(dict(zip(self.wrt, leaves)), x, y)
+            with torch.enable_grad(), eval_mode(self.model):
+                loss = self._chunk_loss(dict(zip(self.wrt, leaves)), batch)
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
             total += torch.cat([g.reshape(-1) for g in grads])
         return total / self.num_examples
 
-    def _hvp_reverse_over_reverse(self, tangents: dict[str, Tensor], x: Tensor, y: Tensor):
+    def _hvp_reverse_over_reverse(self, tangents: dict[str, Tensor], batch):
         leaves = [t.detach().requires_grad_(True) for t in self._primals.values()]
         with torch.enable_grad():
-            loss = self._chunk_loss(dict(zip(self.wrt, leaves)), x, y)
+            loss = self._chunk_loss(dict(zip(self.wrt, leaves)), batch)
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             # A gradient that is None or constant (loss linear in that tensor) adds nothing.
             pairs = [
@@ -243,9 +233,9 @@ class HessianOperator:
                 materialize_grads=True,
             )
 
-    def _hvp_forward_over_reverse(self, tangents: dict[str, Tensor], x: Tensor, y: Tensor):
+    def _hvp_forward_over_reverse(self, tangents: dict[str, Tensor], batch):
         with torch.no_grad():
-            gradient = torch.func.grad(lambda p: self._chunk_loss(p, x, y))
+            gradient = torch.func.grad(lambda p: self._chunk_loss(p, batch))
             _, hv = torch.func.jvp(gradient, (self._primals,), (tangents,))
         return [hv[name] for name in self.wrt]
 
@@ -259,8 +249,9 @@ class HessianOperator:
             else self._hvp_forward_over_reverse
         )
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self._chunks:
-            total += torch.cat([t.reshape(-1) for t in hvp(tangents, x, y)])
+        with eval_mode(self.model):
+            for batch in self.data:
+                total += torch.cat([t.reshape(-1) for t in hvp(tangents, batch)])
         self.num_hvp += 1
         return total / self.num_examples
 

@@ -13,7 +13,6 @@ Direction file (HDF5, the reference implementation's layout): groups ``xdirectio
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 
 from llv.console import LlvError, log
-from llv.h5 import encode_attr, open_h5, read_attrs
 from llv.params import ParameterSpace, flatten
+from llv.storage import directions as direction_file
 
 NORMALIZATIONS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
 IGNORE = ("biasbn", "none")
@@ -46,6 +45,22 @@ class Directions:
     def flat(self, dtype=torch.float32) -> torch.Tensor:
         """(len(axes), P) matrix of the flattened perturbed entries."""
         return torch.stack([flatten(self.space, [t.to(dtype) for t in axis]) for axis in self.axes])
+
+    def save(self, path: str | Path, extra_attrs: dict | None = None) -> Path:
+        """Write the reference implementation's direction-file layout (atomically)."""
+        attrs = {**self.attrs, **(extra_attrs or {})}
+        attrs.setdefault("ensemble", self.ensemble)
+        attrs["names"] = list(self.space.names)
+        attrs["sha256"] = self.digest()
+        return direction_file.write(path, self.axes, self.ndim, attrs)
+
+    @classmethod
+    def load(cls, path: str | Path, model_or_space, ndim: int | None = None,
+             type: str = "weights") -> Directions:
+        """Read a direction file (llv's or the reference's) for a model (or a parameter space)."""
+        space = model_or_space if isinstance(model_or_space, ParameterSpace) else ParameterSpace.of(
+            model_or_space, type)
+        return load(path, space, ndim)
 
     def digest(self) -> str:
         """SHA-256 of the direction values (float32 bytes), for provenance and resume checks."""
@@ -153,68 +168,15 @@ def make_random(space: ParameterSpace, values, ndim: int, seed: int = 0, norm: s
 # ------------------------------------------------------------------------------ files
 
 
-def save(directions: Directions, path: str | Path, extra_attrs: dict | None = None) -> Path:
-    """Write a direction file atomically (a killed run never leaves half a file)."""
-    import h5py
-
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        for index, axis in enumerate(directions.axes):
-            member, a = divmod(index, directions.ndim)
-            group = f.create_group(_group_name(a, member))
-            for i, t in enumerate(axis):
-                group.create_dataset(str(i), data=t.detach().cpu().numpy())
-        attrs = {**directions.attrs, **(extra_attrs or {})}
-        attrs.setdefault("ensemble", directions.ensemble)
-        attrs["names"] = list(directions.space.names)
-        attrs["sha256"] = directions.digest()
-        for key, value in attrs.items():
-            f.attrs[key] = encode_attr(value)
-    os.replace(tmp, path)
-    return path
-
-
-def _group_name(axis: int, member: int) -> str:
-    base = "xdirection" if axis == 0 else "ydirection"
-    return base if member == 0 else f"{base}_{member}"
-
-
 def load(path: str | Path, space: ParameterSpace, ndim: int | None = None) -> Directions:
     """Read llv's or the reference implementation's direction file, checked against ``space``."""
-    path = Path(path)
-    with open_h5(path, "a direction file") as f:
-        if "xdirection" not in f:
-            raise LlvError(f"{path} is not a direction file (no 'xdirection' group)")
-        attrs = read_attrs(f)
-        file_ndim = 2 if "ydirection" in f else 1
-        ndim = file_ndim if ndim is None else ndim
-        if ndim > file_ndim:
-            raise LlvError(f"direction file {path} has only an x direction but the grid is 2D")
-        ensemble = int(attrs.get("ensemble", 1) or 1)
-        axes = []
-        for member in range(ensemble):
-            for a in range(ndim):
-                axes.append(_read_axis(f[_group_name(a, member)], space, path))
-    attrs.setdefault("kind", "file")
-    attrs.setdefault("type", space.type)
+    axes, ndim, attrs = direction_file.read(path, space.names, space.shapes, space.type, ndim)
     return Directions(space, axes, ndim, attrs)
 
 
-def _read_axis(group, space: ParameterSpace, path: Path) -> list[torch.Tensor]:
-    count = len(group.keys())
-    if count != len(space.names):
-        other = "states" if space.type == "weights" else "weights"
-        raise LlvError(f"direction file {path} has {count} tensors, the model's {space.type} have "
-                       f"{len(space.names)} (is it direction.type={other}, or for another model?)")
-    tensors = []
-    for i, (name, shape) in enumerate(zip(space.names, space.shapes)):
-        data = torch.from_numpy(np.asarray(group[str(i)][()], dtype=np.float32))
-        if data.shape != torch.Size(shape):
-            raise LlvError(f"direction file {path}: tensor {i} ({name}) has shape {list(data.shape)}, "
-                           f"the model's is {list(shape)}")
-        tensors.append(data)
-    return tensors
+def save(directions: Directions, path: str | Path, extra_attrs: dict | None = None) -> Path:
+    """Write a direction file atomically (a killed run never leaves half a file)."""
+    return directions.save(path, extra_attrs)
 
 
 def log_summary(directions: Directions) -> None:

@@ -9,40 +9,18 @@ batch of points is done, so there is no host-device synchronisation per data bat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from llv.console import LlvError
-from llv.params import ParameterSpace, flatten, full_state, unflatten
+from llv.batches import Batches, split_batch
+from llv.errors import LlvError
+from llv.losses import check_loss, has_accuracy, per_example_correct, per_example_loss
+from llv.params import ParameterSpace, eval_mode, flatten, full_state, unflatten
 
-LOSSES = ("ce", "mse")
 PRECISIONS = ("fp32", "fp64", "tf32", "bf16")
-
-
-def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "ce") -> torch.Tensor:
-    """Per-example loss over the last (class) dimension.
-
-    ``ce``: cross-entropy. ``mse``: mean over classes of (output − one-hot)², on the raw outputs,
-    so a linear model's loss is an exact quadratic in its parameters (the reference applied a
-    softmax first).
-
-    >>> per_sample_loss(torch.zeros(1, 2), torch.tensor([0]), "mse")
-    tensor([0.5000])
-    """
-    if loss == "ce":
-        flat = logits.reshape(-1, logits.shape[-1])
-        return F.cross_entropy(flat.float() if flat.dtype == torch.bfloat16 else flat,
-                               targets.expand(logits.shape[:-1]).reshape(-1),
-                               reduction="none").reshape(logits.shape[:-1])
-    if loss == "mse":
-        one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
-        return ((logits - one_hot) ** 2).mean(dim=-1)
-    raise LlvError(f"unknown loss '{loss}'; valid: {', '.join(LOSSES)}")
 
 
 class PointMap:
@@ -67,75 +45,75 @@ class PointMap:
         return unflatten(self.space, flat)
 
 
-@dataclass
-class Batch:
-    inputs: torch.Tensor
-    targets: torch.Tensor
-
-
 class PointEvaluator:
     """Evaluates ``loss``, ``acc`` (percent) and ``loss_se`` of each split at grid points.
 
-    With ``bn_data`` (training images), BatchNorm running statistics are re-estimated at every
-    point before evaluating, by cumulative averaging over batches of ``batch_size`` as
-    ``torch.optim.swa_utils.update_bn`` does; points are then evaluated one at a time.
+    The model is never modified: its tensors are read once (cast for ``fp64``), every point's
+    tensors go through :func:`torch.func.functional_call`, and the module's train/eval flags
+    are set to eval only while a call runs and restored after it.
+
+    With ``bn_data``, BatchNorm running statistics are re-estimated at every point before
+    evaluating, by cumulative averaging over its batches as ``torch.optim.swa_utils.update_bn``
+    does; points are then evaluated one at a time.
 
     Args:
-        model: the network; put in eval mode (BatchNorm uses its running statistics).
+        model: the network (BatchNorm uses its running statistics, as in eval mode).
         space: which tensors the directions perturb.
         base: θ as ``name -> tensor`` for ``space.names`` (the checkpoint's values).
         directions: (D, P) flat directions; a point is a row of D coefficients.
-        data: ``split -> EvalData`` (tensors already on the device).
+        data: ``split -> Batches`` (:func:`llv.batches.as_batches`).
+        loss: ``"ce"``, ``"mse"`` or a callable ``(outputs, batch) -> per-example losses``.
+        accuracy: a callable ``(outputs, batch) -> per-example fraction correct`` for custom
+            losses (named losses on class targets have accuracy built in).
     """
 
     def __init__(self, model: nn.Module, space: ParameterSpace, base: Mapping[str, torch.Tensor],
-                 directions: torch.Tensor, data: Mapping[str, object], loss: str = "ce",
-                 batch_size: int = 1024, points_per_batch: int = 1, precision: str = "fp32",
-                 channels_last: bool = False, bn_data: object | None = None):
+                 directions: torch.Tensor, data: Mapping[str, Batches], loss="ce",
+                 points_per_batch: int = 1, precision: str = "fp32", channels_last: bool = False,
+                 bn_data: Batches | None = None, accuracy=None, device=None):
         if precision not in PRECISIONS:
             raise LlvError(f"unknown eval.precision '{precision}'; valid: {', '.join(PRECISIONS)}")
-        if loss not in LOSSES:
-            raise LlvError(f"unknown loss '{loss}'; valid: {', '.join(LOSSES)}")
-        if points_per_batch < 1 or batch_size < 1:
-            raise LlvError("eval.points_per_batch and eval.batch_size must be at least 1")
-        self.model = model.eval()
+        check_loss(loss)
+        if points_per_batch < 1:
+            raise LlvError("eval.points_per_batch must be at least 1")
+        if not data:
+            raise LlvError("no data to evaluate on (eval.splits is empty)")
+        self.model = model
         self.space = space
         self.loss = loss
-        self.batch_size = int(batch_size)
+        self.accuracy = accuracy
         self.points_per_batch = int(points_per_batch)
         self.precision = precision
-        self.device = next(iter(full_state(model).values())).device
-        dtype = torch.float64 if precision == "fp64" else torch.float32
-        if precision == "fp64":
-            model.double()
+        self.dtype = torch.float64 if precision == "fp64" else torch.float32
         state = full_state(model)
+        self.device = torch.device(device) if device is not None else next(iter(state.values())).device
+        cast = (lambda t: (t.to(self.device, self.dtype) if t.is_floating_point() and precision == "fp64"
+                           else t.to(self.device)))
         perturbed = set(space.perturbed)
-        self.fixed = {n: t for n, t in state.items() if n not in perturbed}
-        self.points = PointMap(space, base, directions, self.device, dtype)
+        self.fixed = {n: cast(t) for n, t in state.items() if n not in perturbed}
+        self.points = PointMap(space, base, directions, self.device, self.dtype)
         self.theta = self.points.theta
-        memory = torch.channels_last if channels_last else torch.contiguous_format
-        self.batches = {
-            split: [Batch(d.inputs[i:i + self.batch_size].to(self.device, dtype).contiguous(memory_format=memory)
-                          if d.inputs.dim() == 4 else d.inputs[i:i + self.batch_size].to(self.device, dtype),
-                          d.targets[i:i + self.batch_size].to(self.device))
-                    for i in range(0, len(d.targets), self.batch_size)]
-            for split, d in data.items()
-        }
-        self.sizes = {split: len(d.targets) for split, d in data.items()}
-        self.bn_batches = [] if bn_data is None else [
-            bn_data.inputs[i:i + self.batch_size].to(self.device, dtype)
-            for i in range(0, len(bn_data.inputs), self.batch_size)]
+        float_dtype = torch.float64 if precision == "fp64" else None
+        self.data = {split: d.cast(float_dtype, channels_last, self.device) for split, d in data.items()}
+        self.bn_data = None if bn_data is None else bn_data.cast(float_dtype, channels_last, self.device)
+        self.with_accuracy = {split: (accuracy is not None) or has_accuracy(loss, d.targets()[0])
+                              for split, d in self.data.items()}
         self.bn_modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_buffers = [f"{name}.{b}" for name, m in model.named_modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)
                            for b in ("running_mean", "running_var", "num_batches_tracked")
                            if getattr(m, b, None) is not None]
-        self._forward_one = lambda params, x: functional_call(self.model, {**self.fixed, **params}, (x,))
-        self._forward_many = vmap(self._forward_one, in_dims=(0, None))
+        self._forward_one = lambda params, args, kwargs: functional_call(
+            self.model, {**self.fixed, **params}, args, kwargs)
+        self._forward_many = vmap(self._forward_one, in_dims=(0, None, None))
 
     @property
     def metrics(self) -> list[str]:
-        return [f"{split}_{m}" for split in self.batches for m in ("loss", "acc", "loss_se")]
+        names = []
+        for split in self.data:
+            names += [f"{split}_loss"] + ([f"{split}_acc"] if self.with_accuracy[split] else []) + [
+                f"{split}_loss_se"]
+        return names
 
     def point_tensors(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ + coefficients @ directions as ``name -> (k, *shape)`` tensors."""
@@ -145,40 +123,58 @@ class PointEvaluator:
     def evaluate(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metrics of every row of ``coefficients`` (k, D), as device tensors of shape (k,)."""
         coefficients = torch.as_tensor(coefficients)
-        parts = [self._evaluate_group(coefficients[i:i + self.points_per_batch])
-                 for i in range(0, len(coefficients), self.points_per_batch)]
+        with eval_mode(self.model), precision_flags(self.precision, self.device):
+            parts = [self._evaluate_group(coefficients[i:i + self.points_per_batch])
+                     for i in range(0, len(coefficients), self.points_per_batch)]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def _evaluate_group(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.bn_batches and len(coefficients) > 1:
+        vmapped = len(coefficients) > 1 and not self.bn_data and not callable(self.loss)
+        if len(coefficients) > 1 and not vmapped:
             parts = [self._evaluate_group(c[None]) for c in coefficients]
             return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         params = self.point_tensors(coefficients)
-        if self.bn_batches:
+        if self.bn_data:
             params.update({n: t[None] for n, t in self.recompute_bn({n: t[0] for n, t in params.items()}).items()})
         k = len(coefficients)
         out = {}
-        for split, batches in self.batches.items():
+        for split, batches in self.data.items():
             total = torch.zeros(k, dtype=torch.float64, device=self.device)
             squares = torch.zeros_like(total)
             correct = torch.zeros_like(total)
             for batch in batches:
+                args, kwargs, targets = split_batch(batch)
                 with self._autocast():
-                    if k == 1:
-                        logits = self._forward_one({n: t[0] for n, t in params.items()}, batch.inputs)[None]
+                    if vmapped:
+                        outputs = self._forward_many(params, args, kwargs)
                     else:
-                        logits = self._forward_many(params, batch.inputs)
-                losses = per_sample_loss(logits, batch.targets, self.loss).double()
-                total += losses.sum(dim=1)
-                squares += (losses ** 2).sum(dim=1)
-                correct += (logits.argmax(dim=-1) == batch.targets).sum(dim=1)
-            n = self.sizes[split]
+                        outputs = self._forward_one({n: t[0] for n, t in params.items()}, args, kwargs)
+                losses, hits = self._per_example(outputs, batch, targets, split, vmapped)
+                total += losses.sum(dim=-1)
+                squares += (losses ** 2).sum(dim=-1)
+                if hits is not None:
+                    correct += hits.sum(dim=-1)
+            n = batches.num_examples
             mean = total / n
             variance = (squares - n * mean ** 2).clamp_min(0) / max(n - 1, 1)
             out[f"{split}_loss"] = mean
-            out[f"{split}_acc"] = 100.0 * correct / n
+            if self.with_accuracy[split]:
+                out[f"{split}_acc"] = 100.0 * correct / n
             out[f"{split}_loss_se"] = (variance / n).sqrt()
         return out
+
+    def _per_example(self, outputs, batch, targets, split: str, vmapped: bool):
+        if callable(self.loss):
+            losses = torch.as_tensor(self.loss(outputs, batch)).double().reshape(1, -1)
+            hits = (torch.as_tensor(self.accuracy(outputs, batch)).double().reshape(1, -1)
+                    if self.accuracy is not None else None)
+            return losses, hits
+        losses = per_example_loss(outputs, targets, self.loss).double()
+        hits = per_example_correct(outputs, targets) if self.with_accuracy[split] else None
+        if not vmapped:
+            losses = losses[None]
+            hits = hits[None] if hits is not None else None
+        return losses, hits
 
     def recompute_bn(self, point: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fresh BatchNorm running statistics of the network at ``point``, from ``bn_data``."""
@@ -193,9 +189,10 @@ class PointEvaluator:
             for m in self.bn_modules:
                 m.train()
                 m.momentum = None  # cumulative average over batches
-            for x in self.bn_batches:
+            for batch in self.bn_data:
+                args, kwargs, _ = split_batch(batch)
                 with self._autocast():
-                    functional_call(self.model, state, (x,))
+                    functional_call(self.model, state, args, kwargs)
         finally:
             for m, training, momentum in saved:
                 m.train(training)
@@ -208,9 +205,18 @@ class PointEvaluator:
         return contextlib.nullcontext()
 
 
-def configure_precision(precision: str, device: torch.device) -> None:
-    """fp32 means true fp32 on CUDA (TF32 off); tf32 allows TF32 matmuls and convolutions."""
-    if device.type == "cuda":
-        allow = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = allow
-        torch.backends.cudnn.allow_tf32 = allow
+@contextlib.contextmanager
+def precision_flags(precision: str, device: torch.device) -> Iterator[None]:
+    """fp32 means true fp32 on CUDA (TF32 off); tf32 allows TF32 matmuls and convolutions.
+    The process-wide flags are restored on exit."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -1,92 +1,147 @@
-"""The point loop shared by surfaces, interpolations, Hessian maps and trajectory surfaces.
+"""Grids of direction coefficients: axes, 0/1/2-D grids, and the coefficients of points.
 
-Points not yet ``done`` are cut into chunks of ``eval.chunk_points``; chunk ``c`` goes to rank
-``c mod world_size``. After every round each rank's chunk reaches every rank (``allgather``), so
-rank 0 records and flushes results as they come and every rank learns at once if another failed.
+A grid is given as ``min:max:num`` strings (the CLI) or ``(min, max, num)`` tuples (the API).
+Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-from llv.console import log, progress
-from llv.distributed import failure
-from llv.storage import SurfaceFile
+from llv.errors import LlvError
 
 
-@dataclass
-class LoopStats:
-    computed: int = 0
-    nonfinite: int = 0
-    seconds: float = 0.0
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a grid: ``num`` evenly spaced coordinates from ``min`` to ``max``."""
+
+    min: float
+    max: float
+    num: int
+
+    @classmethod
+    def parse(cls, spec: object, name: str = "grid.x") -> Axis:
+        """Parse ``'min:max:num'``.
+
+        >>> Axis.parse("-1:1:5").coordinates().tolist()
+        [-1.0, -0.5, 0.0, 0.5, 1.0]
+        """
+        if isinstance(spec, Axis):
+            return spec
+        parts = list(spec) if isinstance(spec, (tuple, list)) else str(spec).split(":")
+        try:
+            if len(parts) != 3 or float(parts[2]) != int(float(parts[2])):
+                raise ValueError
+            lo, hi, num = float(parts[0]), float(parts[1]), int(float(parts[2]))
+        except (ValueError, TypeError, OverflowError):
+            raise LlvError(f"bad grid spec {name}={spec!r}: expected min:max:num, e.g. -1:1:51") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise LlvError(f"bad grid spec {name}={spec!r}: min and max must be finite numbers")
+        if num < 1:
+            raise LlvError(f"bad grid spec {name}={spec!r}: num must be at least 1")
+        if num > 1 and not hi > lo:
+            raise LlvError(f"bad grid spec {name}={spec!r}: max must be greater than min")
+        if num == 1 and hi != lo:
+            raise LlvError(f"bad grid spec {name}={spec!r}: one point needs min == max")
+        return cls(lo, hi, num)
+
+    def coordinates(self):
+        import numpy as np
+
+        return np.linspace(self.min, self.max, self.num)
+
+    def __str__(self) -> str:
+        return f"{self.min:g}:{self.max:g}:{self.num}"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A 0-D (single point), 1-D or 2-D grid of direction coefficients.
+
+    Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``.
+    """
+
+    x: Axis | None
+    y: Axis | None = None
+
+    @classmethod
+    def of(cls, x=None, y=None) -> GridSpec:
+        """From ``(min, max, num)`` tuples or ``'min:max:num'`` strings (``None``: no axis).
+
+        >>> GridSpec.of((-1, 1, 3), None).shape
+        (3,)
+        """
+        if x is None and y is not None:
+            raise LlvError("bad grid spec: y is set but x is not")
+        return cls(Axis.parse(x, "x") if x is not None else None,
+                   Axis.parse(y, "y") if y is not None else None)
+
+    @classmethod
+    def from_cfg(cls, grid) -> GridSpec:
+        x = grid.get("x") if hasattr(grid, "get") else None
+        y = grid.get("y") if hasattr(grid, "get") else None
+        if x is None and y is not None:
+            raise LlvError("bad grid spec: grid.y is set but grid.x is null")
+        return cls(Axis.parse(x, "grid.x") if x is not None else None,
+                   Axis.parse(y, "grid.y") if y is not None else None)
 
     @property
-    def points_per_second(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+    def ndim(self) -> int:
+        return 0 if self.x is None else (1 if self.y is None else 2)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.x is None:
+            return ()
+        if self.y is None:
+            return (self.x.num,)
+        return (self.y.num, self.x.num)
+
+    @property
+    def num_points(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def coefficients(self):
+        """(num_points, 2) array of (alpha, beta) in storage (row-major) order."""
+        import numpy as np
+
+        if self.x is None:
+            return np.zeros((1, 2))
+        xs = self.x.coordinates()
+        if self.y is None:
+            return np.stack([xs, np.zeros_like(xs)], axis=1)
+        ys = self.y.coordinates()
+        beta, alpha = np.meshgrid(ys, xs, indexing="ij")
+        return np.stack([alpha.ravel(), beta.ravel()], axis=1)
+
+    def describe(self) -> str:
+        if self.x is None:
+            return "a single point"
+        if self.y is None:
+            return f"1D x={self.x}"
+        return f"2D x={self.x} y={self.y} ({self.y.num}x{self.x.num})"
 
 
-def run_points(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], dict[str, np.ndarray]],
-               chunk_points: int = 64, description: str = "points", stop_after: int | None = None
-               ) -> LoopStats:
-    """Compute every pending point of ``file`` (held by rank 0) across the ranks of ``comm``.
 
-    ``compute(indices)`` returns ``metric -> values`` for flat point indices; losses that are not
-    finite are stored as NaN and counted. ``stop_after`` ends the run after that many points (a
-    later run resumes the rest).
+
+def coefficient_rows(grid: GridSpec, ensemble: int, indices):
+    """Coefficients over all ``ensemble * grid.ndim`` axes of flat point indices over
+    ``(ensemble, *grid.shape)``: member ``k``'s point moves along its own axes only.
+
+    >>> coefficient_rows(GridSpec.of((0, 1, 2)), 2, [1, 2]).tolist()
+    [[1.0, 0.0], [0.0, 0.0]]
     """
-    pending = comm.bcast(file.pending() if comm.is_root else None)
-    total = comm.bcast(file.num_points if comm.is_root else None)
-    if stop_after is not None:
-        pending = pending[: max(int(stop_after), 0)]
-    if comm.size > 1 and comm.size > len(pending) and comm.is_root:
-        log.warning(f"{comm.size} ranks for {len(pending)} pending points: {comm.size - len(pending)} rank(s) stay idle")
-    chunk_points = max(int(chunk_points), 1)
-    chunks = [pending[i:i + chunk_points] for i in range(0, len(pending), chunk_points)]
-    stats = LoopStats()
-    start = time.perf_counter()
-    rounds = math.ceil(len(chunks) / comm.size)
-    with progress(total, description, completed=total - len(pending)) as bar:
-        try:
-            for r in range(rounds):
-                c = r * comm.size + comm.rank
-                payload = None
-                if c < len(chunks):
-                    try:
-                        payload = ("ok", chunks[c], _finite(compute(chunks[c])))
-                    except Exception as exc:  # reported to every rank, then raised everywhere
-                        payload = ("error", failure(exc, comm.rank))
-                gathered = comm.allgather(payload)
-                failures = [p[1] for p in gathered if p is not None and p[0] == "error"]
-                for p in gathered:
-                    if p is None or p[0] != "ok":
-                        continue
-                    _, indices, (results, nonfinite) = p
-                    stats.computed += len(indices)
-                    stats.nonfinite += nonfinite
-                    bar.advance(len(indices))
-                    if file is not None:
-                        file.record(indices, results)
-                if file is not None:
-                    file.flush()
-                comm.raise_failures(failures)
-        finally:
-            if file is not None:
-                file.flush(force=True)
-    stats.seconds = time.perf_counter() - start
-    return stats
+    import numpy as np
 
-
-def _finite(results: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    out, bad = {}, np.zeros(0, dtype=bool)
-    for name, values in results.items():
-        values = np.asarray(values, dtype=np.float64)
-        mask = ~np.isfinite(values)
-        if name.endswith("_loss") or name.endswith("_eig"):
-            bad = mask if bad.size == 0 else (bad | mask)
-        out[name] = np.where(mask, np.nan, values)
-    return out, int(bad.sum())
+    ndim = max(grid.ndim, 1)
+    base = grid.coefficients()[:, :ndim]
+    member, g = np.divmod(np.asarray(indices, dtype=np.int64), grid.num_points)
+    rows = np.zeros((len(g), ensemble * ndim))
+    for a in range(ndim):
+        rows[np.arange(len(g)), member * ndim + a] = base[g, a]
+    return rows

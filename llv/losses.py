@@ -113,7 +113,9 @@ def per_example_loss(outputs, targets: Tensor, loss: str = "ce") -> Tensor:
     logits = logits_of(outputs)
     if targets.is_floating_point() and loss == "ce":
         raise LlvError("loss=ce needs integer class targets; use loss=mse for float targets")
-    return _reduce_tokens(LOSSES[loss](logits, targets), targets)
+    # float targets (N, [T,] C) carry the class dimension last; class indices do not
+    index_shaped = targets[..., 0] if targets.is_floating_point() else targets
+    return _reduce_tokens(LOSSES[loss](logits, targets), index_shaped)
 
 
 def per_example_correct(outputs, targets: Tensor) -> Tensor:

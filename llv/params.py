@@ -8,12 +8,14 @@ order, as in the reference implementation's direction files, but are never pertu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from llv.console import LlvError
+from llv.errors import LlvError
 
 DIRECTION_TYPES = ("weights", "states")
 
@@ -84,3 +86,15 @@ def unflatten(space: ParameterSpace, vector: torch.Tensor) -> dict[str, torch.Te
     if start != vector.shape[-1]:
         raise ValueError(f"vector has {vector.shape[-1]} entries, the space {start}")
     return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the duration; every submodule's own flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training

@@ -27,8 +27,6 @@ every checkpoint is loaded exactly once.
 
 from __future__ import annotations
 
-import csv
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +35,13 @@ import numpy as np
 import torch
 
 from llv.console import LlvError, log
-from llv.directions import IGNORE, Directions, axis_seed
+from llv.direction import IGNORE, Directions, axis_seed
 from llv.params import ParameterSpace
+from llv.storage import trainrun
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 _COLUMN_CHUNK_BYTES = 64 * 1024**2  # float64 scratch per matmul step
 _DEGENERATE = 1e-10  # σ_2² below this fraction of σ_1²: the path spans a line, not a plane
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 StateLoader = Callable[[object], Mapping[str, torch.Tensor]]
 
@@ -274,14 +272,8 @@ def _orthogonal_fallback(x: torch.Tensor, seen: tuple, x_coordinates: np.ndarray
 def saved_epochs(run_dir: Path) -> dict[int, Path]:
     """``epoch -> checkpoint`` of a train run (``checkpoints/epoch_NNN.pt``, and ``final.pt`` when
     its epoch has no epoch file), in epoch order."""
-    found = {}
-    folder = Path(run_dir) / "checkpoints"
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _EPOCH_FILE.match(path.name)
-            if match:
-                found[int(match.group(1))] = path
-    final = Path(run_dir) / "final.pt"
+    found = dict(trainrun.epoch_checkpoints(run_dir))
+    final = Path(run_dir) / trainrun.FINAL
     if final.is_file():
         epoch = _final_epoch(run_dir, final)
         if epoch is not None and epoch not in found and (not found or epoch > max(found)):
@@ -290,7 +282,7 @@ def saved_epochs(run_dir: Path) -> dict[int, Path]:
 
 
 def _final_epoch(run_dir: Path, final: Path) -> int | None:
-    rows = read_metrics(Path(run_dir) / "metrics.csv")
+    rows = trainrun.read_metrics(run_dir)
     if rows:
         return int(rows[-1]["epoch"])
     from llv.checkpoint import load_state_dict
@@ -313,14 +305,6 @@ def choose_epochs(run_dir: Path, epochs: Sequence[int] | None) -> list[tuple[int
         raise LlvError(f"a trajectory needs at least 3 epochs, {run_dir} gives {len(wanted)} "
                        f"({_short(wanted)}): train longer or save more often (train.save_every)")
     return [(e, saved[e]) for e in wanted]
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a run's ``metrics.csv`` as floats ([] when there is none)."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def lr_drop_epochs(rows: Sequence[Mapping]) -> np.ndarray:
@@ -374,44 +358,11 @@ def path_box(coordinates: np.ndarray, margin: float) -> tuple[Interval, Interval
 
 
 def box_grid(box, resolution):
-    """A :class:`~llv.config.GridSpec` over ``box`` with the numbers of points of ``resolution``."""
-    from llv.config import Axis, GridSpec
+    """A :class:`~llv.grid.GridSpec` over ``box`` with the numbers of points of ``resolution``."""
+    from llv.grid import Axis, GridSpec
 
     if resolution.ndim != 2:
         raise LlvError("llv trajectory needs a 2D grid for its surface (grid=21x21, or "
                        "grid.x=...:...:NX grid.y=...:...:NY; only NX and NY are used)")
     (x0, x1), (y0, y1) = box
     return GridSpec(Axis(x0, x1, resolution.x.num), Axis(y0, y1, resolution.y.num))
-
-
-def save_projection(path: Path, result: PathPCA, epochs: Sequence[int], lr_drops: np.ndarray,
-                    attrs: Mapping) -> Path:
-    """Write the projection file (``proj_xcoord``, ``proj_ycoord``, ``epochs``,
-    ``lr_drop_epochs``; attrs ``explained_variance_ratio`` and ``attrs``) atomically."""
-    import os
-
-    import h5py
-
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f["proj_xcoord"] = result.coordinates[:, 0]
-        f["proj_ycoord"] = result.coordinates[:, 1]
-        f["epochs"] = np.asarray(list(epochs), dtype=np.int64)
-        f["lr_drop_epochs"] = np.asarray(lr_drops, dtype=np.int64)
-        f.attrs["explained_variance_ratio"] = result.explained_variance_ratio
-        f.attrs["singular_values"] = result.singular_values
-        f.attrs["center"] = result.center
-        for key, value in attrs.items():
-            f.attrs[key] = "null" if value is None else value
-    os.replace(tmp, path)
-    return path
-
-
-def load_projection_coordinates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coordinates (n+1, 2), epochs, explained-variance ratio) of a projection file."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        coordinates = np.stack([f["proj_xcoord"][()], f["proj_ycoord"][()]], axis=1)
-        return coordinates, f["epochs"][()], np.asarray(f.attrs["explained_variance_ratio"])

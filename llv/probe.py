@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from llv.console import LlvError, log, print_table
-from llv.directions import Directions
+from llv.direction import Directions
 from llv.params import ParameterSpace
 
 _RTOL = 1e-4

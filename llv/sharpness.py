@@ -227,7 +227,7 @@ def generalization_gap(train_loss: float, test_loss: float, train_acc: float,
             "test_error": 100.0 - test_acc}
 
 
-# ------------------------------------------------------------------ at a session's checkpoint
+# ------------------------------------------------------------------ at a model's point
 
 
 def operator_objective(make_operator: Callable, base) -> tuple[LossAndGradient, Tensor, float]:
@@ -246,22 +246,23 @@ def operator_objective(make_operator: Callable, base) -> tuple[LossAndGradient, 
     return objective, theta, base.loss_value()
 
 
-def random_direction_losses(session, make_operator: Callable, radius: float, count: int) -> dict:
+def random_direction_losses(model, make_operator: Callable, radius: float, count: int, *,
+                            seed: int = 0, norm: str = "filter", ignore: str = "biasbn",
+                            type: str = "weights", device=None) -> dict:
     """L(θ ± r d_k) on the Hessian's loss for the K random directions ``llv surface`` would draw
-    with ``direction.seed = seed, …, seed + K − 1`` (and ``direction.norm``, ``.ignore`` and
-    ``.type``)."""
-    from llv import directions as dirs
+    with ``direction.seed = seed, …, seed + K − 1`` (and the same ``norm``, ``ignore``, ``type``)."""
+    from llv import direction as dirs
     from llv.evaluate import PointMap
     from llv.params import ParameterSpace
 
-    d = session.cfg.direction
     if count < 1:
         raise LlvError(f"sharpness.directions must be at least 1, got {count}")
-    space = ParameterSpace.of(session.model, str(d.type))
-    values = space.values(session.model)
-    made = dirs.make_random(space, values, ndim=1, seed=int(d.seed), norm=str(d.norm),
-                            ignore=str(d.ignore), ensemble=int(count))
-    points = PointMap(space, dict(zip(space.names, values)), made.flat(), session.device)
+    space = ParameterSpace.of(model, type)
+    values = space.values(model)
+    made = dirs.make_random(space, values, ndim=1, seed=int(seed), norm=norm, ignore=ignore,
+                            ensemble=int(count))
+    device = device if device is not None else values[0].device
+    points = PointMap(space, dict(zip(space.names, values)), made.flat(), device)
     losses = np.empty((2, count))
     for k in range(count):
         for side, sign in enumerate((1.0, -1.0)):
@@ -269,74 +270,51 @@ def random_direction_losses(session, make_operator: Callable, radius: float, cou
             row[0, k] = sign * radius
             state = {n: t[0] for n, t in points.tensors(row).items()}
             losses[side, k] = make_operator(state).loss_value()
-    return {"plus": losses[0], "minus": losses[1], "seed": int(d.seed), "norm": str(d.norm),
-            "ignore": str(d.ignore), "type": str(d.type)}
+    return {"plus": losses[0], "minus": losses[1], "seed": int(seed), "norm": norm,
+            "ignore": ignore, "type": type}
 
 
-def split_metrics(session) -> dict[str, float]:
-    """Loss and accuracy of the checkpoint on the train and test splits (``eval.max_samples``), as
-    ``llv surface eval.splits=[train,test]`` gives them at α = 0; NaN for a missing split."""
-    from llv import directions as dirs
-    from llv.params import ParameterSpace
-    from llv.surface import build_evaluator
+def measure_point(make_operator: Callable, model, splits: dict, *, eps: float = 1e-3,
+                  rho: float = 0.05, eta: float = 0.01, radius: float = 0.1, directions: int = 8,
+                  steps: int = 20, restarts: int = 2, seed: int = 0, direction_seed: int = 0,
+                  norm: str = "filter", ignore: str = "biasbn", type: str = "weights",
+                  device=None) -> dict:
+    """Every sharpness measure and the generalization gap at ``model``'s parameters.
 
-    space = ParameterSpace.of(session.model, "weights")
-    zero = dirs.Directions(space, [[torch.zeros(s) for s in space.shapes]], 1)
-    out = {}
-    for split in ("train", "test"):
-        try:
-            data = {split: session.data(split, session.cfg.eval.max_samples)}
-        except (LlvError, FileNotFoundError, KeyError, ValueError) as exc:
-            log.warning(f"sharpness: no {split} split for the generalization gap ({exc})")
-            out.update({f"{split}_loss": math.nan, f"{split}_acc": math.nan})
-            continue
-        metrics = build_evaluator(session, space, zero, data).evaluate(torch.zeros(1, 1))
-        out.update({f"{split}_loss": float(metrics[f"{split}_loss"][0]),
-                    f"{split}_acc": float(metrics[f"{split}_acc"][0])})
-    return out
-
-
-def measure_point(session, make_operator: Callable) -> dict:
-    """Every sharpness measure and the generalization gap at the session's checkpoint.
-
-    ``make_operator(state=None)`` builds the Hessian operator at ``state`` (the checkpoint by
-    default); ``session.cfg.sharpness`` holds ``eps``, ``rho``, ``eta``, ``radius``,
-    ``directions``, ``steps`` and ``restarts``. Returns flat keys (floats, strings, small arrays)
+    ``make_operator(state=None)`` builds the Hessian operator at ``state`` (the model's point
+    by default); ``splits`` holds the train and test ``<split>_loss``/``<split>_acc`` at the
+    point (NaN where a split is missing). Returns flat keys (floats, strings, small arrays)
     ready to be HDF5 attributes, and ``seconds`` per measure.
     """
-    s = session.cfg.sharpness
-    seed = int(session.cfg.seed)
-    steps, restarts = int(s.get("steps", 20)), int(s.get("restarts", 2))
+    steps, restarts = int(steps), int(restarts)
     seconds = {}
     start = time.perf_counter()
     objective, theta, loss = operator_objective(make_operator, make_operator(None))
-    eps = epsilon_sharpness(objective, theta, float(s.eps), steps, restarts, seed, loss)
+    box = epsilon_sharpness(objective, theta, float(eps), steps, restarts, seed, loss)
     seconds["epsilon_sharpness"] = time.perf_counter() - start
     start = time.perf_counter()
-    eta = float(s.get("eta", 0.01))
-    ball = adaptive_sharpness(objective, theta, float(s.rho), eta, steps, restarts, seed, loss)
+    ball = adaptive_sharpness(objective, theta, float(rho), float(eta), steps, restarts, seed, loss)
     seconds["adaptive_sharpness"] = time.perf_counter() - start
     start = time.perf_counter()
-    radius, count = float(s.radius), int(s.directions)
-    along = random_direction_losses(session, make_operator, radius, count)
+    along = random_direction_losses(model, make_operator, float(radius), int(directions),
+                                    seed=direction_seed, norm=norm, ignore=ignore, type=type,
+                                    device=device)
     increase = direction_increase(loss, along["plus"], along["minus"])
     seconds["direction_increase"] = time.perf_counter() - start
-    start = time.perf_counter()
-    splits = split_metrics(session)
-    seconds["generalization_gap"] = time.perf_counter() - start
     return {
-        "epsilon_sharpness": eps["value"], "epsilon_sharpness_max_loss": eps["max_loss"],
-        "epsilon_sharpness_eps": float(s.eps),
-        "num_evaluations_epsilon_sharpness": eps["num_evaluations"],
+        "epsilon_sharpness": box["value"], "epsilon_sharpness_max_loss": box["max_loss"],
+        "epsilon_sharpness_eps": float(eps),
+        "num_evaluations_epsilon_sharpness": box["num_evaluations"],
         "adaptive_sharpness": ball["value"], "adaptive_sharpness_max_loss": ball["max_loss"],
-        "adaptive_sharpness_rho": float(s.rho), "adaptive_sharpness_eta": eta,
+        "adaptive_sharpness_rho": float(rho), "adaptive_sharpness_eta": float(eta),
         "num_evaluations_adaptive_sharpness": ball["num_evaluations"],
         "sharpness_steps": steps, "sharpness_restarts": restarts,
         "direction_increase": increase["mean"], "direction_increase_std": increase["std"],
         "direction_increases": increase["values"], "direction_losses_plus": along["plus"],
-        "direction_losses_minus": along["minus"], "direction_radius": radius,
-        "direction_count": count, "direction_seed": along["seed"], "direction_norm": along["norm"],
-        "direction_ignore": along["ignore"], "direction_type": along["type"],
+        "direction_losses_minus": along["minus"], "direction_radius": float(radius),
+        "direction_count": int(directions), "direction_seed": along["seed"],
+        "direction_norm": along["norm"], "direction_ignore": along["ignore"],
+        "direction_type": along["type"],
         **splits,
         **generalization_gap(splits["train_loss"], splits["test_loss"], splits["train_acc"],
                              splits["test_acc"]),

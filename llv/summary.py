@@ -63,7 +63,8 @@ def axis_profiles(loss: np.ndarray, x: np.ndarray, y: np.ndarray | None):
 def summarize(values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray | None, split: str,
               eps: float, ensemble: int = 1) -> dict[str, float]:
     """Summary attrs (``summary_*``) of one split's loss and accuracy."""
-    loss_all, acc_all = values[f"{split}_loss"], values[f"{split}_acc"]
+    loss_all = values[f"{split}_loss"]
+    acc_all = values.get(f"{split}_acc", np.full_like(loss_all, np.nan))
     members = [loss_all] if ensemble == 1 else list(loss_all)
     accs = [acc_all] if ensemble == 1 else list(acc_all)
     centre = (_centre_index(x),) if y is None else (_centre_index(y), _centre_index(x))

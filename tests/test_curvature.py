@@ -7,6 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+
+from llv.errors import LlvError
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,7 +58,7 @@ def reference_loss(outputs, targets, loss):
     if loss == "ce":
         return F.cross_entropy(outputs, targets)
     one_hot = F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
-    return ((outputs - one_hot) ** 2).sum(dim=1).mean()
+    return ((outputs - one_hot) ** 2).mean(dim=1).mean()  # llv.losses: mean over classes
 
 
 def reference(model, inputs, targets, loss="ce", wrt=None, state=None):
@@ -122,7 +124,7 @@ def test_chunks_give_the_same_products_as_one_batch(case):
     model, inputs, targets = CASES[case]()
     whole = HessianOperator(model, inputs, targets, dtype=torch.float64)
     chunked = HessianOperator(model, inputs, targets, dtype=torch.float64, batch_size=7)
-    assert len(chunked._chunks) == 3  # 7 + 7 + 6 examples, the last one smaller
+    assert len(chunked.data) == 3  # 7 + 7 + 6 examples, the last one smaller
     v = torch.randn(whole.n, dtype=torch.float64)
     assert (chunked.matvec(v) - whole.matvec(v)).abs().max() <= 1e-12
     assert abs(chunked.loss_value() - whole.loss_value()) <= 1e-13
@@ -194,7 +196,8 @@ def test_loss_callable_and_float_targets_match_the_named_loss():
         model,
         inputs,
         targets,
-        loss=lambda out, y: F.mse_loss(out, F.one_hot(y, 3).to(out.dtype), reduction="sum"),
+        loss=lambda out, batch: F.mse_loss(out, F.one_hot(batch[1], 3).to(out.dtype),
+                                           reduction="none").mean(dim=1),
         dtype=torch.float64,
     )
     v = torch.randn(named.n, dtype=torch.float64)
@@ -219,7 +222,7 @@ def test_cuda_agrees_with_cpu():
 
 def test_bad_arguments_are_refused():
     model, inputs, targets = mlp_case()
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(LlvError, match="unknown loss"):
         HessianOperator(model, inputs, targets, loss="hinge")
     with pytest.raises(ValueError, match="does not have"):
         HessianOperator(model, inputs, targets, wrt=["3.weight"])
@@ -336,7 +339,8 @@ def quadratic_operator(inputs, classes, dtype=torch.float64):
     torch.manual_seed(5)
     model = nn.Linear(inputs.shape[1], classes, bias=False)
     targets = torch.arange(len(inputs)) % classes
-    return HessianOperator(model, inputs, targets, loss="mse", dtype=dtype)
+    # mse is a mean over the C classes: inputs scaled by √C give H = 2/N · I_C ⊗ XᵀX
+    return HessianOperator(model, inputs.double() * classes**0.5, targets, loss="mse", dtype=dtype)
 
 
 def quadratic_hessian(inputs, classes):

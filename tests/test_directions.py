@@ -6,7 +6,7 @@ import pytest
 import torch
 from nets import TinyConvBN
 
-from llv import directions as dirs
+from llv import direction as dirs
 from llv.config import compose
 from llv.params import ParameterSpace
 from llv.tasks import surface as surface_task

@@ -7,11 +7,11 @@ import torch
 from conftest import save_tiny_checkpoint, tiny_overrides
 from torch.func import functional_call
 
-from llv import directions as dirs
+from llv import direction as dirs
 from llv.checkpoint import load_into
 from llv.config import compose
 from llv.data import load_eval_data
-from llv.evaluate import per_sample_loss
+from llv.losses import per_example_loss as per_sample_loss
 from llv.models import build_model
 from llv.params import ParameterSpace
 from llv.tasks import hessian as hessian_task

@@ -10,7 +10,7 @@ from conftest import save_tiny_checkpoint, tiny_overrides
 from llv.checkpoint import load_into
 from llv.config import compose
 from llv.data import load_eval_data
-from llv.evaluate import per_sample_loss
+from llv.losses import per_example_loss as per_sample_loss
 from llv.models import build_model
 from llv.tasks import interpolate
 

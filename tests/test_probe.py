@@ -6,7 +6,7 @@ import torch
 from conftest import save_tiny_checkpoint, tiny_overrides
 from nets import TinyConvBN
 
-from llv import directions as dirs
+from llv import direction as dirs
 from llv.config import compose
 from llv.console import LlvError
 from llv.params import ParameterSpace

@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import save_tiny_checkpoint, tiny_overrides
 
-from llv import directions as dirs
+from llv import direction as dirs
 from llv.checkpoint import load_into
 from llv.config import compose
 from llv.console import LlvError
 from llv.data import load_eval_data
-from llv.evaluate import per_sample_loss
+from llv.losses import per_example_loss as per_sample_loss
 from llv.models import build_model
 from llv.params import ParameterSpace
 from llv.tasks import surface as surface_task
@@ -106,8 +106,8 @@ def test_quadratic_loss_gives_the_closed_form_surface(tmp_path):
 def test_theta_is_bit_identical_after_a_run(tiny):
     overrides, checkpoint = tiny
     cfg = compose("surface", [*overrides, "grid=11x11", "eval.points_per_batch=4"])
-    from llv.session import start
-    from llv.surface import compute_surface
+    from llv.tasks._grid import compute_surface
+    from llv.tasks.session import start
 
     session = start(cfg, "surface.h5", checkpoint=checkpoint)
     before = {k: v.clone() for k, v in session.model.state_dict().items()}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from llv import directions as dirs
-from llv import trajectory as tr
+from llv import direction as dirs
+from llv import path_pca as tr
 from llv.checkpoint import load_state_dict
 from llv.config import compose
 from llv.console import LlvError

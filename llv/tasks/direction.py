@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from llv import directions as dirs
+from llv import direction as dirs
 from llv.config import GridSpec
 from llv.console import log
 from llv.params import ParameterSpace
-from llv.session import start
-from llv.surface import DIRECTION_FILE, make_directions
+from llv.tasks._grid import DIRECTION_FILE, make_directions
+from llv.tasks.session import start
 
 
 def run(cfg):
@@ -17,8 +17,9 @@ def run(cfg):
     try:
         space = ParameterSpace.of(session.model, str(cfg.direction.type))
         made = make_directions(session, space, max(grid.ndim, 1))
-        path = dirs.save(made, session.run_dir / DIRECTION_FILE,
-                         {"checkpoint": str(session.checkpoint), "checkpoint_sha256": session.checkpoint_sha256,
+        path = made.save(session.run_dir / DIRECTION_FILE,
+                         {"checkpoint": str(session.checkpoint),
+                          "checkpoint_sha256": session.checkpoint_sha256,
                           "model": str(cfg.model.name)})
         dirs.log_summary(made)
         log.info(f"wrote {path}")

@@ -1,16 +1,17 @@
 """``llv interpolate``: f(α) = L((1−α)·θA + α·θB), the paper's §5 linear interpolation.
 
-The same surface engine with one direction, θB − θA, over ``alphas``. With the default
-``direction.type=states`` BatchNorm running statistics are interpolated too (never
-``num_batches_tracked``); ``interpolate.recompute_bn=true`` re-estimates them at every α instead.
+The surface engine with one direction, θB − θA, over ``alphas`` (:func:`llv.api.interpolate`
+does the same from Python). With the default ``direction.type=states`` BatchNorm running
+statistics are interpolated too (never ``num_batches_tracked``);
+``interpolate.recompute_bn=true`` re-estimates them at every α instead.
 """
 
 from __future__ import annotations
 
 from llv.config import GridSpec
 from llv.console import LlvError
-from llv.session import start
-from llv.surface import compute_surface, plot_result
+from llv.tasks._grid import compute_surface, plot_result
+from llv.tasks.session import start
 
 FILE = "interpolation.h5"
 
@@ -28,9 +29,9 @@ def run(cfg):
     cfg.direction.target = cfg.checkpoint2
     session = start(cfg, FILE, checkpoint=cfg.checkpoint)
     try:
-        file = compute_surface(session, grid, FILE, coordinate_names=("alphas", "ycoordinates"),
-                               extra_attrs={"checkpoint2": str(cfg.checkpoint2)})
-        plot_result(session, file, "1d")
-        return file.path if file is not None else None
+        result = compute_surface(session, grid, FILE, coordinate_names=("alphas", "ycoordinates"),
+                                 extra_attrs={"checkpoint2": str(cfg.checkpoint2)})
+        plot_result(session, result, "1d")
+        return result.path if result is not None else None
     finally:
         session.close()

@@ -6,7 +6,6 @@ writes files, and the path is broadcast so all ranks agree.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,20 +52,20 @@ class Session:
             raise LlvError("eval.splits is empty; use [train], [test] or [train, test]")
         return {s: self.data(s, self.cfg.eval.max_samples) for s in splits}
 
-    def batch_size(self, value) -> int:
-        """``auto`` (the default): 1024 examples per pass on a GPU; on the CPU about 128k input
-        pixels per pass (128 for 32×32 images, 2048 for 8×8), a power of two in [64, 4096] —
-        larger batches of large images fall out of cache (1024 was 1.8-2x slower than 128 at
-        32×32 in benchmarks/), small images gain from them (8×8: 2 ms vs 4 ms per point)."""
-        if str(value) == "auto":
-            if self.device.type != "cpu":
-                return 1024
-            size = self.cfg.dataset.get("image_size", 32)
-            height, width = (size, size) if isinstance(size, int) else tuple(size)
-            return int(min(max(2 ** round(math.log2(131072 / (height * width))), 64), 4096))
-        if int(value) < 1:
-            raise LlvError(f"batch sizes must be at least 1 or auto, got {value}")
-        return int(value)
+    def batches(self, split: str, max_samples=None, batch_size="auto", **options):
+        """A split as :class:`llv.batches.Batches` of ``batch_size`` (``auto``: see
+        :func:`llv.batches.auto_batch_size`)."""
+        from llv.batches import as_batches
+
+        data = self.data(split, max_samples)
+        return as_batches((data.inputs, data.targets), batch_size=batch_size, device=self.device,
+                          **options)
+
+    def eval_batches(self, **options) -> dict:
+        """``split -> Batches`` for ``eval.splits`` (``eval.max_samples``, ``eval.batch_size``)."""
+        e = self.cfg.eval
+        return {split: self.batches(split, e.max_samples, e.batch_size, **options)
+                for split in self.eval_data()}
 
     def close(self) -> None:
         self.comm.close()

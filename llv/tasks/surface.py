@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from llv.config import GridSpec
-from llv.session import start
-from llv.surface import compute_surface, plot_result
+from llv.tasks._grid import compute_surface, plot_result
+from llv.tasks.session import start
 
 
 def run(cfg):
@@ -12,8 +12,8 @@ def run(cfg):
     grid = GridSpec.from_cfg(cfg.grid)
     session = start(cfg, "surface.h5", checkpoint=cfg.get("checkpoint") or None)
     try:
-        file = compute_surface(session, grid)
-        plot_result(session, file, "contour" if grid.ndim == 2 else "1d")
-        return file.path if file is not None else None
+        result = compute_surface(session, grid)
+        plot_result(session, result, "contour" if grid.ndim == 2 else "1d")
+        return result.path if result is not None else None
     finally:
         session.close()

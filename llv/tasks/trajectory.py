@@ -21,12 +21,13 @@ SURFACE_FILE = "surface.h5"
 def run(cfg):
     """Compute (or, into the same run directory, resume) the trajectory; the projection file on
     rank 0 (None on other ranks)."""
-    from llv import directions as dirs
-    from llv import trajectory as tr
+    from llv import direction as dirs
+    from llv import path_pca as tr
     from llv.config import GridSpec
     from llv.params import ParameterSpace
-    from llv.session import start
-    from llv.surface import DIRECTION_FILE, compute_surface
+    from llv.storage import projection as projection_file
+    from llv.tasks._grid import DIRECTION_FILE, compute_surface
+    from llv.tasks.session import start
 
     run_dir = train_run_dir(cfg)
     cfg = with_run_model(cfg, run_dir)
@@ -46,7 +47,7 @@ def run(cfg):
         session.comm.barrier()
         directions = dirs.load(dir_path, space, 2)
         coordinates, _, _ = session.comm.bcast(
-            tr.load_projection_coordinates(projection) if session.is_root else None)
+            _coordinates(projection_file.read(projection)) if session.is_root else None)
         file = None
         if settings.surface:
             box = tr.path_box(coordinates, float(settings.margin))
@@ -59,7 +60,7 @@ def run(cfg):
         if session.is_root:
             print_table("trajectory", ["figure", "value"], rows)
             log.info(f"wrote {projection}")
-            if file is None or file.done.all():
+            if file is None or file.complete:
                 _plot(cfg, projection)
             return projection
         return None
@@ -100,8 +101,9 @@ def with_run_model(cfg, run_dir: Path):
 
 def _projection(session, space, points, run_dir: Path, dir_path: Path, projection: Path) -> list:
     """Rank 0: PCA of the path and the projection file (reused when resuming the same path)."""
-    from llv import directions as dirs
-    from llv import trajectory as tr
+    from llv import path_pca as tr
+    from llv.storage import projection as projection_file
+    from llv.storage import trainrun
 
     cfg = session.cfg
     settings = cfg.trajectory
@@ -111,7 +113,7 @@ def _projection(session, space, points, run_dir: Path, dir_path: Path, projectio
         log.warning(f"direction.norm={cfg.direction.norm} is not applied: PCA directions are unit "
                     "vectors, so the path's coordinates are distances in parameter space")
     if _reusable(session, dir_path, projection, epochs, ignore, center):
-        coordinates, _, ratio = tr.load_projection_coordinates(projection)
+        coordinates, _, ratio = _coordinates(projection_file.read(projection))
         loads, seconds = 0, 0.0
         log.info(f"reusing {dir_path.name} and {projection.name} of {session.run_dir}")
     else:
@@ -120,14 +122,15 @@ def _projection(session, space, points, run_dir: Path, dir_path: Path, projectio
         result = tr.path_pca(space, [path for _, path in points], ignore=ignore, center=center,
                              memory_bytes=memory, seed=int(cfg.direction.seed))
         seconds = time.perf_counter() - began
-        dirs.save(result.directions, dir_path,
-                  {"checkpoint": str(session.checkpoint),
+        result.directions.save(dir_path,
+                               {"checkpoint": str(session.checkpoint),
                    "checkpoint_sha256": session.checkpoint_sha256, "model": str(cfg.model.name),
                    "run": str(run_dir), "epochs": list(epochs)})
-        drops = tr.lr_drop_epochs(tr.read_metrics(run_dir / "metrics.csv"))
-        if not (run_dir / "metrics.csv").is_file():
-            log.warning(f"{run_dir / 'metrics.csv'} is missing: no learning-rate drops are marked")
-        tr.save_projection(projection, result, epochs, drops, {
+        drops = tr.lr_drop_epochs(trainrun.read_metrics(run_dir))
+        if not (run_dir / trainrun.METRICS).is_file():
+            log.warning(f"{run_dir / trainrun.METRICS} is missing: no learning-rate drops are marked")
+        projection_file.write(projection, result.coordinates, epochs, drops,
+                              result.explained_variance_ratio, result.singular_values, result.center, {
             "surface_file": SURFACE_FILE if settings.surface else "", "run": str(run_dir),
             "dir_file": dir_path.name, "ignore": ignore, "type": space.type,
             "model": str(cfg.model.name), "dataset": str(cfg.dataset.name), "pca_seconds": seconds,
@@ -158,6 +161,11 @@ def _reusable(session, dir_path: Path, projection: Path, epochs: list[int], igno
     with h5py.File(projection, "r") as f:
         return (np.asarray(f["epochs"][()]).tolist() == list(epochs)
                 and str(f.attrs.get("ignore")) == ignore and bool(f.attrs.get("center")) == center)
+
+
+def _coordinates(projection):
+    """(coordinates (n+1, 2), epochs, explained-variance ratio) of a projection."""
+    return projection.coordinates, projection.epochs, projection.explained_variance_ratio
 
 
 def _span(interval) -> str:

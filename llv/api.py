@@ -1,0 +1,497 @@
+"""The public Python API: any ``nn.Module`` and any data in, result objects out. No config.
+
+Every ``llv`` command computes through these functions (``llv/tasks/`` only turns a config
+into their arguments and their results into files and figures), so a notebook and the command
+line give the same numbers for the same seed.
+
+The caller's model is never modified (weights, dtype, train/eval flags), and process-wide
+precision flags are restored on return.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from llv import direction as dirs
+from llv.batches import Batches, as_split_batches
+from llv.console import log, print_table
+from llv.engine import LoopStats, run_grid
+from llv.errors import LlvError
+from llv.evaluate import PRECISIONS, PointEvaluator, PointMap
+from llv.grid import GridSpec, coefficient_rows
+from llv.params import ParameterSpace, flatten
+from llv.results import Surface
+from llv.spectrum import Hessian
+from llv.storage.surface import SurfaceFile
+from llv.summary import summarize
+
+__all__ = ["directions", "hessian", "hessian_map", "interpolate", "surface", "trajectory"]
+
+BN_MODES = ("stored", "recompute")
+GridAxis = tuple[float, float, int] | str | None
+
+
+def _device_of(model: nn.Module, device) -> torch.device:
+    if device is not None and str(device) != "auto":
+        return torch.device(device)
+    if device is not None and str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _model_values(model: nn.Module, space: ParameterSpace, device: torch.device) -> dict:
+    return {n: t.to(device) for n, t in zip(space.names, space.values(model))}
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise LlvError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
+
+
+# ------------------------------------------------------------------------------ directions
+
+
+def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: int = 0,
+               norm: str = "filter", ignore: str = "biasbn", type: str = "weights",
+               ensemble: int = 1, orthogonalize: bool = False, target=None, path=None,
+               data=None, loss="ce", tol: float = 1e-3, batch_size="auto",
+               checkpoints: Sequence | None = None, center: bool = False) -> dirs.Directions:
+    """Plot directions at ``model``'s parameters.
+
+    Args:
+        kind: ``random`` (seeded Gaussian, normalized by ``norm``/``ignore``), ``target``
+            (x = θ_target − θ, where ``target`` is a model or a state dict), ``pca`` (the top
+            two principal directions of ``checkpoints``, a training path ending at θ),
+            ``hessian`` (the top and bottom Hessian eigenvectors of the loss on ``data``) or
+            ``file`` (read ``path``, llv's or the reference's layout).
+        ndim: 1 (x only) or 2 (x and y).
+        type: ``weights`` (parameters) or ``states`` (the whole state dict, BN statistics too).
+
+    Returns:
+        :class:`llv.direction.Directions`; ``.save(path)`` writes the reference's layout and
+        ``Directions.load(path, model)`` reads one back.
+
+    >>> d = directions(torch.nn.Linear(3, 2), ndim=1, norm="layer")
+    >>> d.ndim, d.attrs["kind"], [tuple(t.shape) for t in d.axes[0]]
+    (1, 'random', [(2, 3), (2,)])
+    """
+    if ndim not in (1, 2):
+        raise LlvError(f"ndim must be 1 or 2, got {ndim}")
+    if int(ensemble) < 1:
+        raise LlvError(f"ensemble must be at least 1, got {ensemble}")
+    space = ParameterSpace.of(model, type)
+    values = space.values(model)
+    if kind == "random":
+        return dirs.make_random(space, values, ndim, seed=int(seed), norm=norm, ignore=ignore,
+                                ensemble=int(ensemble), orthogonal=bool(orthogonalize))
+    if kind == "target":
+        if target is None:
+            raise LlvError("kind='target' needs target= (a second model or its state dict)")
+        other = target.state_dict() if isinstance(target, nn.Module) else dict(target)
+        missing = [n for n in space.names if n not in other]
+        if missing:
+            raise LlvError(f"the target has no tensor {missing[0]} (+{len(missing) - 1} more): "
+                           "is it another architecture?")
+        axes = [dirs.target_direction(space, values, [other[n] for n in space.names])]
+        if ndim == 2:
+            axes.append(dirs.normalize(dirs.random_direction(space, dirs.axis_seed(int(seed), 1)),
+                                       values, norm, ignore))
+        return dirs.Directions(space, axes, ndim, {"kind": "target", "norm": "none", "ignore": ignore,
+                                                   "type": space.type, "seed": int(seed)})
+    if kind == "file":
+        if path is None:
+            raise LlvError("kind='file' needs path= (a direction file)")
+        return dirs.load(path, space, ndim)
+    if kind == "pca":
+        if not checkpoints:
+            raise LlvError("kind='pca' needs checkpoints= (the training path, θ_0 first)")
+        from llv.path_pca import path_pca
+
+        return path_pca(space, list(checkpoints), ignore=ignore, center=center, seed=int(seed)).directions
+    if kind == "hessian":
+        if data is None:
+            raise LlvError("kind='hessian' needs data= (the loss's data)")
+        return hessian_directions(Hessian(model, data, loss=loss, batch_size=batch_size), space,
+                                  ndim, tol=tol, seed=int(seed))
+    raise LlvError(f"unknown direction kind {kind!r}; valid: random, target, pca, hessian, file")
+
+
+def hessian_directions(h: Hessian, space: ParameterSpace, ndim: int, tol: float = 1e-3,
+                       seed: int = 0) -> dirs.Directions:
+    """The top eigenvector (x) and the bottom eigenvector (y) of ``h`` as plot directions."""
+    top = h.eigenvalues(k=1, which="top", tol=tol, seed=seed, vectors=True)
+    vectors, eigenvalues = [top.vectors[0]], [float(top.values[0])]
+    if ndim == 2:
+        bottom = h.eigenvalues(k=1, which="bottom", tol=tol, seed=seed, vectors=True)
+        vectors.append(bottom.vectors[0])
+        eigenvalues.append(float(bottom.values[0]))
+    axes = []
+    for vector in vectors:
+        named = h.operator.unflatten(vector)
+        axes.append([named[n].detach().to("cpu", torch.float32) if n in named else torch.zeros(shape)
+                     for n, shape in zip(space.names, space.shapes)])
+    log.info(f"Hessian directions: eigenvalues {', '.join(f'{v:.6g}' for v in eigenvalues)}")
+    return dirs.Directions(space, axes, ndim, {"kind": "hessian", "norm": "none", "ignore": "none",
+                                               "type": space.type, "seed": int(seed),
+                                               "eigenvalues": np.asarray(eigenvalues)})
+
+
+# ------------------------------------------------------------------------------ grids
+
+
+def _open_file(comm, path, coordinates: dict, shape: tuple, metrics: list[str], provenance: dict,
+               attrs: dict, resume: bool) -> SurfaceFile | None:
+    """Rank 0: the result (the resumed file, checked, or a new one); other ranks: None."""
+    if not comm.is_root:
+        return None
+    if path is not None and resume and Path(path).is_file():
+        file = SurfaceFile.open(path)
+        file.check_matches(coordinates, shape, metrics, provenance)
+        log.info(f"resuming {file.path}: {int(file.done.sum())}/{file.num_points} points done")
+        return file
+    file = SurfaceFile(path, coordinates, shape, metrics, {**attrs, **provenance})
+    file.flush(force=True)
+    return file
+
+
+def run_points(point_function: Callable, grid: GridSpec, directions_: dirs.Directions, metrics: list[str],
+               *, comm=None, path=None, resume: bool = True, attrs: dict | None = None,
+               provenance: dict | None = None, coordinate_names=("xcoordinates", "ycoordinates"),
+               chunk_points: int = 64, stop_after: int | None = None, progress: bool = True,
+               description: str = "points") -> tuple[SurfaceFile | None, LoopStats]:
+    """Any point function over a grid of direction coefficients, through the grid runner.
+
+    ``point_function(rows)`` takes a (k, D) tensor of coefficients over the directions' D axes
+    and returns ``metric -> (k,)`` values. Returns the result file on rank 0 (None elsewhere)
+    and the loop's statistics.
+    """
+    from llv.distributed import Comm
+
+    comm = comm or Comm()
+    if chunk_points < 1:
+        raise LlvError(f"chunk_points must be at least 1, got {chunk_points}")
+    if stop_after is not None and int(stop_after) < 0:
+        raise LlvError(f"stop_after must be at least 0, got {stop_after}")
+    ensemble = directions_.ensemble
+    shape = grid.shape if ensemble == 1 else (ensemble, *grid.shape)
+    coordinates = {coordinate_names[0]: grid.x.coordinates()}
+    if grid.ndim == 2:
+        coordinates[coordinate_names[1]] = grid.y.coordinates()
+    provenance = {"direction_sha256": directions_.digest(), **(provenance or {})}
+    file = _open_file(comm, path, coordinates, shape, metrics, provenance, dict(attrs or {}), resume)
+
+    def compute(indices: np.ndarray) -> dict[str, np.ndarray]:
+        rows = torch.from_numpy(coefficient_rows(grid, ensemble, indices))
+        return {k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v)
+                for k, v in point_function(rows).items()}
+
+    stats = run_grid(comm, file, compute, int(chunk_points), description=description,
+                     stop_after=stop_after, show_progress=progress)
+    return file, stats
+
+
+def finish(file: SurfaceFile, stats: LoopStats, splits: Sequence[str], eps: float = 0.1,
+           world_size: int = 1, backend: str = "none", report: bool = True) -> list:
+    """Summary attrs of a finished grid (``summary_*``), timing; flushed. Returns table rows."""
+    seconds = float(file.attrs.get("seconds") or 0.0) + stats.seconds
+    file.set_attrs(seconds=seconds, world_size=world_size, dist_backend=backend,
+                   points_per_second=stats.points_per_second, nonfinite_count=int(stats.nonfinite))
+    names = list(file.coordinates)
+    x, y = file.coordinates[names[0]], file.coordinates.get(names[1]) if len(names) > 1 else None
+    ensemble = file.shape[0] if len(file.shape) > (1 if y is None else 2) else 1
+    rows = []
+    if file.done.all():
+        for split in [s for s in splits if f"{s}_loss" in file.values]:
+            summary = summarize(file.values, x, y, str(split), float(eps), ensemble)
+            file.set_attrs(**{f"summary_{k}": v for k, v in summary.items()})
+            rows += [(k, v) for k, v in summary.items()]
+    rows += [("points computed", stats.computed), ("points/s", stats.points_per_second),
+             ("non-finite losses", stats.nonfinite)]
+    file.flush(force=True)
+    return rows
+
+
+def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = (-1, 1, 51),
+            directions: dirs.Directions | str | Path | None = None, norm: str = "filter",
+            ignore: str = "biasbn", seed: int = 0, loss="ce", bn: str = "stored",
+            batch_size="auto", device=None, progress: bool = True, type: str = "weights",
+            ensemble: int = 1, orthogonalize: bool = False, points_per_batch: int = 1,
+            precision: str = "fp32", channels_last: bool = False, bn_data=None, accuracy=None,
+            path: str | Path | None = None, resume: bool = True, comm=None, chunk_points: int = 64,
+            stop_after: int | None = None, eps: float = 0.1, attrs: Mapping | None = None,
+            probe: str | bool = False, recorded_metrics: Mapping | None = None,
+            coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> Surface | None:
+    """The loss (and accuracy) surface f(α, β) = L(θ + αδ + βη) around ``model``'s parameters.
+
+    Args:
+        model: any ``nn.Module``; θ is its parameters (``type="states"``: its whole state
+            dict). It is evaluated as in eval mode and never modified.
+        data: a DataLoader (a reshuffling one is frozen to one order), a Dataset, an
+            ``(inputs, targets)`` pair of tensors, an iterable of tuple or dict batches, or a
+            mapping ``{"train": ..., "test": ...}`` (metrics are named ``<split>_loss``; one
+            data set is the ``train`` split).
+        x, y: ``(min, max, num)`` (or ``"min:max:num"``) along each direction; ``y=None``: 1-D.
+        directions: None (random, seeded by ``seed``, normalized by ``norm``/``ignore``), a
+            :class:`llv.direction.Directions` (from :func:`directions`), or a direction file.
+        loss: ``"ce"``, ``"mse"`` or a callable ``(outputs, batch) -> per-example losses``.
+        bn: ``stored`` (the running statistics as trained) or ``recompute`` (re-estimated at
+            every point on ``bn_data``, default the training data).
+        batch_size: examples per forward pass for tensors and datasets (``"auto"``).
+        device: where to compute (default: the model's device); the model is not moved.
+        path: write the result file there as the run goes (and resume it when it exists and
+            ``resume``); None keeps it in memory.
+        comm: an :mod:`llv.distributed` communicator (points are sharded over its ranks;
+            rank 0 gets the result, the others None).
+        stop_after: stop after this many points (a later call with the same ``path`` resumes).
+        probe: ``False``, ``True`` or ``"strict"``: pre-flight checks of the picture.
+
+    Returns:
+        :class:`llv.results.Surface` (on rank 0).
+
+    >>> import torch
+    >>> net = torch.nn.Linear(4, 3)
+    >>> s = surface(net, (torch.randn(20, 4), torch.randint(0, 3, (20,))), x=(-1, 1, 3), y=None,
+    ...             progress=False)
+    >>> s.x.tolist(), s["train_loss"].shape
+    ([-1.0, 0.0, 1.0], (3,))
+    """
+    _check_choice("bn", bn, BN_MODES)
+    _check_choice("precision", precision, PRECISIONS)
+    grid = GridSpec.of(x, y)
+    if grid.ndim == 0:
+        raise LlvError("a surface needs at least an x axis: x=(min, max, num)")
+    device = _device_of(model, device)
+    float_dtype = torch.float64 if precision == "fp64" else None
+    splits = as_split_batches(data, batch_size=batch_size, device=device, float_dtype=float_dtype,
+                              channels_last=channels_last)
+    if bn == "recompute":
+        bn_batches = (as_split_batches(bn_data, batch_size=batch_size, device=device)["train"]
+                      if bn_data is not None else splits[next(iter(splits))])
+    else:
+        bn_batches = None
+    space = ParameterSpace.of(model, type)
+    if directions is None:
+        directions = dirs.make_random(space, space.values(model), grid.ndim, seed=int(seed), norm=norm,
+                                      ignore=ignore, ensemble=int(ensemble), orthogonal=bool(orthogonalize))
+    elif isinstance(directions, (str, Path)):
+        directions = dirs.load(directions, space, grid.ndim)
+    if directions.ndim != grid.ndim:
+        raise LlvError(f"the directions have {directions.ndim} axes but the grid has {grid.ndim}")
+    if list(directions.space.names) != list(space.names):
+        raise LlvError("the directions are for other tensors than the model's "
+                       f"{space.type} (direction type {directions.space.type})")
+    evaluator = PointEvaluator(model, space, _model_values(model, space, device), directions.flat(),
+                               splits, loss=loss, points_per_batch=int(points_per_batch),
+                               precision=precision, channels_last=channels_last, bn_data=bn_batches,
+                               accuracy=accuracy, device=device)
+    probe_attrs = {}
+    if probe and str(probe).lower() not in ("false", "0", "off", "none"):
+        from llv.probe import run_probe
+
+        probe_attrs = run_probe(evaluator, directions, space, space.values(model),
+                                {"metrics": dict(recorded_metrics or {})}, list(splits), None,
+                                str(probe))
+    from llv import __version__
+
+    run_attrs = {"norm": directions.attrs.get("norm"), "type": space.type,
+                 "kind": directions.attrs.get("kind"), "ignore": directions.attrs.get("ignore"),
+                 "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "callable"),
+                 "ensemble": directions.ensemble, "splits": ",".join(splits), "bn": bn,
+                 "llv_version": __version__, "seconds": 0.0, "precision": precision,
+                 **probe_attrs, **dict(attrs or {})}
+    run_attrs.setdefault("command", "surface")
+    before = flatten(space, space.values(model))
+    provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
+    file, stats = run_points(lambda rows: evaluator.evaluate(rows), grid, directions, evaluator.metrics,
+                             comm=comm, path=path, resume=resume, attrs=run_attrs, provenance=provenance,
+                             coordinate_names=coordinate_names, chunk_points=chunk_points,
+                             stop_after=stop_after, progress=progress,
+                             description=f"{run_attrs['command']} {grid.describe()}")
+    if not _same_bits(before, flatten(space, space.values(model))):
+        raise RuntimeError("the model's weights changed during evaluation (please report this)")
+    if file is None:
+        return None
+    rows = finish(file, stats, list(splits), eps, getattr(comm, "size", 1), getattr(comm, "backend", "none"))
+    if progress:
+        print_table(f"{run_attrs['command']} summary", ["figure", "value"], rows)
+        if not file.done.all():
+            log.info(f"stopped with {int((~file.done).sum())} points to go"
+                     + (f": resume with resume={file.path}" if file.path else ""))
+    return Surface.of(file.to_surface(), directions)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal, NaN where NaN (a checkpoint may hold NaN weights; that is no change)."""
+    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(
+        a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+def interpolate(model_a: nn.Module, model_b: nn.Module | Mapping, data, *,
+                alphas: GridAxis = (-0.5, 1.5, 401), type: str = "states", **options) -> Surface | None:
+    """f(α) = L((1 − α)·θ_A + α·θ_B), the paper's linear interpolation (§5).
+
+    With ``type="states"`` (the default) BatchNorm running statistics are interpolated too;
+    ``bn="recompute"`` re-estimates them at every α instead. At α = 0 and α = 1 the loss is
+    each model's own. Other options are :func:`surface`'s.
+
+    >>> import torch
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> data = (torch.randn(8, 2), torch.randint(0, 2, (8,)))
+    >>> s = interpolate(a, b, data, alphas=(0, 1, 3), progress=False)
+    >>> s.x.tolist()
+    [0.0, 0.5, 1.0]
+    """
+    along = directions(model_a, "target", ndim=1, target=model_b, type=type,
+                       ignore=options.pop("ignore", "biasbn"))
+    attrs = {"command": "interpolate", **dict(options.pop("attrs", None) or {})}
+    return surface(model_a, data, x=alphas, y=None, directions=along, type=type, attrs=attrs,
+                   coordinate_names=("alphas", "ycoordinates"), **options)
+
+
+def hessian(model: nn.Module, data, *, loss="ce", batch_size="auto", dtype: torch.dtype | None = None,
+            device=None) -> Hessian:
+    """The Hessian of the mean loss over ``data`` at ``model``'s parameters, matrix-free.
+
+    Returns a :class:`llv.spectrum.Hessian` whose ``eigenvalues(k, which, tol)``,
+    ``trace(probes)`` and ``density(runs, steps)`` return their values with the number of
+    Hessian-vector products used and error estimates. Its loss is the mean of the same
+    per-example losses as :func:`surface`, so dᵀHd equals the surface's curvature along d.
+
+    >>> import torch
+    >>> h = hessian(torch.nn.Linear(2, 1, bias=False), (torch.eye(2), torch.zeros(2, dtype=torch.long)),
+    ...             loss="mse", dtype=torch.float64)
+    >>> h.trace(probes=4).value  # H = 2/(N·C) XᵀX = I: trace 2 for any Rademacher probe
+    2.0
+    """
+    return Hessian(model, data, loss=loss, batch_size=batch_size, dtype=dtype, device=device)
+
+
+def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxis = (-1, 1, 21),
+                directions: dirs.Directions | None = None, norm: str = "filter", ignore: str = "biasbn",
+                seed: int = 0, loss="ce", batch_size="auto", tol: float = 1e-3, lanczos_seed: int = 0,
+                dtype: torch.dtype | None = None, split: str = "train", path=None, resume: bool = True,
+                comm=None, chunk_points: int = 64, stop_after: int | None = None, progress: bool = True,
+                attrs: Mapping | None = None) -> Surface | None:
+    """λmax and λmin of the Hessian at every point of the plane (paper §6): ``max_eig``,
+    ``min_eig`` and ``<split>_loss``; the figure shows |λmin/λmax|."""
+    grid = GridSpec.of(x, y)
+    space = ParameterSpace.of(model, "weights")
+    if directions is None:
+        directions = dirs.make_random(space, space.values(model), grid.ndim, seed=int(seed), norm=norm,
+                                      ignore=ignore)
+    base_h = Hessian(model, data, loss=loss, batch_size=batch_size, dtype=dtype)
+    base = dict(zip(space.names, space.values(model)))
+    points = PointMap(space, base, directions.flat(), base_h.operator.device)
+    metrics = ["max_eig", "min_eig", f"{split}_loss"]
+    from llv.curvature import HessianOperator, extreme_eigenvalues
+
+    def point_function(rows: torch.Tensor) -> dict[str, np.ndarray]:
+        out = {name: [] for name in metrics}
+        for row in rows:
+            state = {n: t[0] for n, t in points.tensors(row[None]).items()}
+            op = HessianOperator.like(base_h.operator, state)
+            ends = extreme_eigenvalues(op, tol=tol, seed=lanczos_seed)
+            out["max_eig"].append(ends["lambda_max"])
+            out["min_eig"].append(ends["lambda_min"])
+            out[f"{split}_loss"].append(op.loss_value())
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    from llv import __version__
+
+    run_attrs = {"command": "hessian", "norm": directions.attrs.get("norm"), "type": space.type,
+                 "kind": directions.attrs.get("kind"), "ignore": directions.attrs.get("ignore"),
+                 "loss": loss if isinstance(loss, str) else "callable", "hessian_tol": float(tol),
+                 "llv_version": __version__, "seconds": 0.0, "ensemble": directions.ensemble,
+                 **dict(attrs or {})}
+    provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
+    file, stats = run_points(point_function, grid, directions, metrics, comm=comm, path=path,
+                             resume=resume, attrs=run_attrs, provenance=provenance,
+                             chunk_points=chunk_points,
+                             stop_after=stop_after, progress=progress,
+                             description=f"hessian {grid.describe()}")
+    if file is None:
+        return None
+    rows = finish(file, stats, [], 0.1, getattr(comm, "size", 1), getattr(comm, "backend", "none"))
+    if progress:
+        print_table("hessian map summary", ["figure", "value"], rows)
+    return Surface.of(file.to_surface(), directions)
+
+
+# ------------------------------------------------------------------------------ trajectories
+
+
+def trajectory(run_dir_or_checkpoints, model: nn.Module, *, ignore: str = "biasbn",
+               type: str = "weights", center: bool = False, epochs: Sequence[int] | None = None,
+               memory_bytes: int = 2 * 1024**3, seed: int = 0, lr_drops: Sequence[int] = ()):
+    """PCA of a training path (paper §7): the top-2 directions, explained variance and the path
+    projected on them.
+
+    Args:
+        run_dir_or_checkpoints: a ``llv train`` run directory (its ``checkpoints/epoch_NNN.pt``
+            and ``final.pt``) or a list of checkpoint files θ_0 … θ_n (θ_n last).
+        model: a model of the checkpoints' architecture (its tensors give the names and
+            shapes; its values are not used).
+        epochs: a run's epochs to use (default: every saved one).
+
+    Returns:
+        ``(projection, directions)``: a :class:`llv.results.Projection` (``x``, ``y``,
+        ``epochs``, ``explained_variance_ratio``, θ_n at the origin) and the
+        :class:`llv.direction.Directions` (kind ``pca``) to compute a surface along.
+    """
+    from llv.path_pca import choose_epochs, lr_drop_epochs, path_pca
+    from llv.storage import trainrun
+    from llv.storage.projection import Projection
+
+    started = time.perf_counter()
+    if isinstance(run_dir_or_checkpoints, (str, Path)) and Path(run_dir_or_checkpoints).is_dir():
+        run_dir = Path(run_dir_or_checkpoints)
+        points = choose_epochs(run_dir, epochs)
+        paths = [p for _, p in points]
+        epoch_numbers = [e for e, _ in points]
+        drops = lr_drop_epochs(trainrun.read_metrics(run_dir)) if not len(lr_drops) else np.asarray(lr_drops)
+    else:
+        paths = list(run_dir_or_checkpoints)
+        epoch_numbers = list(range(len(paths)))
+        drops = np.asarray(lr_drops, dtype=np.int64)
+    space = ParameterSpace.of(model, type)
+    result = path_pca(space, paths, ignore=ignore, center=center, memory_bytes=memory_bytes, seed=seed)
+    projection = Projection(None, result.coordinates[:, 0], result.coordinates[:, 1],
+                            np.asarray(epoch_numbers), np.asarray(drops, dtype=np.int64),
+                            np.asarray(result.explained_variance_ratio), None,
+                            {"ignore": ignore, "type": space.type, "center": bool(center),
+                             "pca_seconds": time.perf_counter() - started,
+                             "checkpoint_loads": result.checkpoint_loads,
+                             "singular_values": np.asarray(result.singular_values)})
+    return projection, result.directions
+
+
+def point_metrics(model: nn.Module, data, *, loss="ce", device=None, precision: str = "fp32",
+                  batch_size="auto", accuracy=None) -> dict[str, float]:
+    """Loss (and accuracy, its standard error) of ``model`` itself on each split of ``data``:
+    the centre of any surface.
+
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 2, bias=False)
+    >>> _ = torch.nn.init.zeros_(net.weight)  # every class scores 0: argmax is class 0
+    >>> point_metrics(net, (torch.ones(4, 2), torch.zeros(4, dtype=torch.long)))["train_acc"]
+    100.0
+    """
+    device = _device_of(model, device)
+    splits = as_split_batches(data, batch_size=batch_size, device=device)
+    space = ParameterSpace.of(model, "weights")
+    zero = torch.zeros(1, space.numel)
+    evaluator = PointEvaluator(model, space, _model_values(model, space, device), zero, splits,
+                               loss=loss, precision=precision, accuracy=accuracy, device=device)
+    return {k: float(v[0]) for k, v in evaluator.evaluate(torch.zeros(1, 1)).items()}
+
+
+def split_data(data) -> dict[str, Batches]:
+    """``{split: Batches}`` of ``data`` (see :func:`surface`), for callers that reuse them."""
+    return as_split_batches(data)

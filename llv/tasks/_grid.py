@@ -1,0 +1,212 @@
+"""What the grid commands share: config -> API arguments, and the files and figures around a run.
+
+``llv surface``, ``llv interpolate``, ``llv hessian grid=...`` and ``llv trajectory`` read their
+directions and data from the config here and call :func:`llv.api.surface` (or
+:func:`llv.api.hessian_map`); the curvature cross-check and the end-of-run figure also live
+here, outside the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llv import api
+from llv import direction as dirs
+from llv.config import GridSpec, to_yaml
+from llv.console import LlvError, log, print_table
+from llv.params import ParameterSpace
+from llv.storage.directions import FILE as DIRECTION_FILE
+from llv.storage.surface import SurfaceFile
+from llv.tasks.session import Session
+
+__all__ = ["DIRECTION_FILE", "compute_surface", "make_directions", "obtain_directions", "plot_result"]
+
+
+def make_directions(session: Session, space: ParameterSpace, ndim: int) -> dirs.Directions:
+    """New directions of ``direction.kind`` at the session's checkpoint (rank 0 calls this)."""
+    d = session.cfg.direction
+    kind = str(d.kind)
+    common = dict(ndim=ndim, seed=int(d.seed), norm=str(d.norm), ignore=str(d.ignore), type=space.type)
+    if kind == "random":
+        return api.directions(session.model, "random", ensemble=int(d.get("ensemble", 1) or 1),
+                              orthogonalize=bool(d.orthogonalize), **common)
+    if kind == "target":
+        target = d.get("target") or session.cfg.get("checkpoint2")
+        if not target:
+            raise LlvError("direction.kind=target needs direction.target=PATH (a second checkpoint)")
+        made = api.directions(session.model, "target", target=_state_of(session, target), **common)
+        made.attrs["target"] = str(target)
+        return made
+    if kind == "hessian":
+        h = session.cfg.hessian
+        return api.hessian_directions(hessian_at(session), space, ndim, tol=float(h.tol),
+                                      seed=int(session.cfg.seed))
+    if kind in ("file", "pca"):
+        raise LlvError(f"direction.kind={kind} reads dir_file=PATH"
+                       + (" (made by llv trajectory)" if kind == "pca" else ""))
+    raise LlvError(f"unknown direction.kind '{kind}'; valid: random, target, pca, hessian, file")
+
+
+def _state_of(session: Session, checkpoint) -> dict:
+    from llv.checkpoint import load_into
+    from llv.models import build_model
+
+    other = build_model(session.cfg.model)
+    load_into(other, checkpoint, str(session.cfg.model.name))
+    return other.state_dict()
+
+
+def hessian_at(session: Session, state: dict | None = None, split: str | None = None):
+    """The Hessian of the session's loss (``hessian.max_samples`` of ``eval.splits[0]``)."""
+    from llv.spectrum import Hessian
+
+    cfg, h = session.cfg, session.cfg.hessian
+    dtype = {"float32": None, "float64": torch.float64}[str(h.dtype)]
+    data = session.batches(split or str(cfg.eval.splits[0]), h.get("max_samples"), h.batch_size)
+    return Hessian(session.model, data, loss=str(cfg.loss), dtype=dtype, state=state)
+
+
+def obtain_directions(session: Session, space: ParameterSpace, ndim: int, existing_attrs: dict | None = None
+                      ) -> tuple[dirs.Directions, Path]:
+    """Directions from ``dir_file=``, from the resumed file's ``dir_file``, or new (saved by rank 0)."""
+    cfg = session.cfg
+    path = cfg.get("dir_file") or (existing_attrs or {}).get("dir_file")
+    if path:
+        path = Path(str(path))
+        if not path.is_absolute() and not path.exists() and session.existing is not None:
+            path = session.run_dir / path
+        return dirs.load(path, space, ndim), path
+    path = session.run_dir / DIRECTION_FILE
+    if session.is_root:
+        made = make_directions(session, space, ndim)
+        made.save(path, {"checkpoint": str(session.checkpoint),
+                         "checkpoint_sha256": session.checkpoint_sha256,
+                         "model": str(cfg.model.name)})
+    session.comm.barrier()
+    return dirs.load(path, space, ndim), path
+
+
+def grid_directions(session: Session, grid: GridSpec, directions: dirs.Directions | None = None,
+                    dir_file: Path | None = None) -> tuple[ParameterSpace, dirs.Directions, Path | None]:
+    """The parameter space and the plot directions of a grid run (given, from a file, or new)."""
+    if grid.ndim == 0:
+        raise LlvError(f"llv {session.cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
+    space = ParameterSpace.of(session.model, str(session.cfg.direction.type))
+    if directions is None:
+        directions, dir_file = obtain_directions(session, space, grid.ndim, existing_attrs(session))
+    dirs.log_summary(directions)
+    return space, directions, dir_file
+
+
+def existing_attrs(session: Session) -> dict:
+    attrs = None
+    if session.is_root and session.existing is not None:
+        attrs = SurfaceFile.open(session.existing).attrs
+    return session.comm.bcast(attrs) or {}
+
+
+def run_attrs(session: Session, directions: dirs.Directions, dir_file: Path | None) -> dict:
+    """Provenance every grid file records."""
+    cfg = session.cfg
+    return {"command": str(cfg.command), "model": str(cfg.model.name), "dataset": str(cfg.dataset.name),
+            "checkpoint": str(session.checkpoint), "dir_file": str(dir_file) if dir_file else None,
+            "config": to_yaml(cfg), "checkpoint_sha256": session.checkpoint_sha256}
+
+
+def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h5",
+                    coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates"),
+                    directions: dirs.Directions | None = None, dir_file: Path | None = None,
+                    extra_attrs: dict | None = None):
+    """Evaluate loss/accuracy over ``grid`` through :func:`llv.api.surface`; the result on rank 0."""
+    cfg = session.cfg
+    e = cfg.eval
+    space, directions, dir_file = grid_directions(session, grid, directions, dir_file)
+    data = session.eval_batches()
+    bn = str(e.get("bn", "stored"))
+    bn_data = session.batches("train", e.get("bn_samples"), e.batch_size) if bn == "recompute" else None
+    recorded = (session.checkpoint_meta or {}).get("metrics") or {}
+    result = api.surface(
+        session.model, data, x=grid.x, y=grid.y, directions=directions, loss=str(cfg.loss), bn=bn,
+        bn_data=bn_data, device=session.device, type=space.type,
+        points_per_batch=int(e.points_per_batch), precision=str(e.precision),
+        channels_last=bool(e.get("channels_last", False)), path=session.run_dir / filename,
+        resume=session.existing is not None, comm=session.comm, chunk_points=int(e.chunk_points),
+        stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
+        attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},
+        probe=str(cfg.get("probe", True)), recorded_metrics=recorded if e.max_samples is None else {},
+        coordinate_names=coordinate_names, progress=True)
+    if result is not None and result.complete and space.type == "weights" and cfg.summary.get("cross_check", True):
+        cross_check_curvature(session, directions, result, data)
+    return result
+
+
+def cross_check_curvature(session: Session, directions: dirs.Directions, result, data: dict) -> None:
+    """Second-difference curvature at the centre beside dᵀHd along the same directions (rank 0)."""
+    from llv.spectrum import Hessian
+
+    cfg = session.cfg
+    split = str(cfg.eval.splits[0])
+    dtype = torch.float64 if str(cfg.eval.precision) == "fp64" else None
+    # two products only: small chunks keep the double-backward graph (the run's memory peak at
+    # 128 examples, benchmarks/) small at no real cost
+    from llv.batches import as_batches
+
+    small = as_batches((session.data(split, cfg.eval.max_samples).inputs,
+                        session.data(split, cfg.eval.max_samples).targets),
+                       batch_size=min(data[split].num_examples, 32), device=session.device)
+    h = Hessian(session.model, small, loss=str(cfg.loss), dtype=dtype)
+    op = h.operator
+    names = directions.space.names
+    exact = []
+    for axis in directions.axes:
+        by_name = dict(zip(names, axis))
+        v = op.flatten({n: by_name[n].to(op.device, op.dtype) for n in op.wrt})
+        exact.append(float(v @ op.matvec(v)))
+    exact = np.asarray(exact).reshape(directions.ensemble, directions.ndim)
+    rows, attrs = [], {}
+    for a, axis in enumerate("xy"[:directions.ndim]):
+        estimate = float(result.attrs.get(f"summary_{split}_curvature_{axis}", np.nan))
+        error = float(result.attrs.get(f"summary_{split}_curvature_{axis}_error", np.nan))
+        hvp = float(exact[:, a].mean())
+        relative = abs(estimate - hvp) / max(abs(hvp), 1e-12)
+        attrs.update({f"summary_{split}_curvature_{axis}_hvp": hvp,
+                      f"summary_{split}_curvature_{axis}_reldiff": relative})
+        rows.append((axis, estimate, error, hvp, relative))
+    file = SurfaceFile.open(result.path)
+    file.set_attrs(**attrs)
+    file.flush(force=True)
+    result.attrs.update(attrs)
+    print_table("curvature at the centre: grid second difference vs dᵀHd (one Hessian-vector product)",
+                ["axis", "second difference", "± discretization", "dᵀHd", "relative difference"], rows)
+    if any(_disagree(estimate, error, hvp) for _, estimate, error, hvp, _ in rows):
+        log.warning("the grid's curvature differs from dᵀHd by more than its discretization error: "
+                    "the grid is too coarse near the centre or the loss is not smooth there")
+
+
+def _disagree(estimate: float, error: float, hvp: float) -> bool:
+    """More apart than the discretization error allows (10 % when the grid gives no estimate)."""
+    tolerance = 3 * error if np.isfinite(error) else 0.1 * abs(hvp)
+    return abs(estimate - hvp) > max(tolerance, 1e-9 * abs(hvp))
+
+
+def plot_result(session: Session, result, kind: str) -> None:
+    """The default figure at the end of a run; a plotting problem never loses the results.
+
+    A loss spanning more than two decades is drawn on a log scale, so the basin around the
+    minimizer is not a single contour.
+    """
+    if result is None or not session.cfg.get("plot", True) or not result.complete:
+        return
+    try:
+        from llv.plot import make_plot
+
+        loss = result.values.get(f"{session.cfg.eval.splits[0]}_loss")
+        finite = loss[np.isfinite(loss)] if loss is not None else np.zeros(0)
+        log_scale = kind in ("contour", "1d") and bool(
+            finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+        make_plot(kind, [str(result.path)], log=log_scale)
+    except Exception as exc:  # the results are safe on disk; say why there is no figure
+        log.warning(f"could not draw the {kind} plot: {' '.join(str(exc).split())}")
