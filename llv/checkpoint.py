@@ -1,7 +1,9 @@
 """Checkpoints: save atomically, load llv's, bare and reference files, check keys, hash.
 
 llv's format is a dict ``{"state_dict", "epoch", "model", "dataset", "config", "metrics"}``
-(training adds ``optimizer``, ``scheduler`` and ``rng`` so a run can resume). A bare
+(training adds ``optimizer``, ``scheduler`` and ``rng`` so a run can resume). ``config`` is the
+run's configuration as plain dicts (a YAML text in files of older versions), so the model can be
+rebuilt from the file alone (:func:`model_config_of`). Plain values only: no config objects. A bare
 ``state_dict`` and the reference implementation's ``{"state_dict", "acc", "epoch"}`` ``.t7``
 files load too; a ``module.`` prefix (``nn.DataParallel``) is stripped.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,49 +21,57 @@ from llv.console import LlvError, log
 _SHOWN_KEYS = 3  # how many differing keys a "does not fit" message names per kind
 
 
-def save_checkpoint(path, model, epoch: int, cfg=None, metrics: Mapping | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(path, model, epoch: int, config: Mapping | None = None,
+                    metrics: Mapping | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights and provenance to ``path`` atomically.
 
     The file is written next to ``path`` and moved into place with ``os.replace``, so a run killed
-    at any moment leaves either the old file or the new one, never half of one.
+    at any moment leaves either the old file or the new one, never half of one. Ctrl-C and
+    SIGTERM wait until the file is written (:func:`llv.runlock.held_signals`).
 
     Args:
         path: Destination file (``.pt``); parent folders are created.
         model: The module whose ``state_dict`` (as CPU tensors) is stored.
         epoch: Training epoch of these weights (0 = before training).
-        cfg: The run's config; its ``model.name``, ``dataset.name`` and YAML are stored.
+        config: The run's configuration as a mapping (a plain ``dict``; any ``Mapping`` is
+            copied into one). Stored as ``"config"``; its ``model`` entry lets
+            :func:`model_config_of` rebuild the model, its ``model.name`` and ``dataset.name``
+            are also stored as ``"model"`` and ``"dataset"``.
         metrics: Numbers to keep with the weights (e.g. ``{"test_acc": 97.2}``).
         extra: More top-level entries (training state for resuming).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        LlvError: The file cannot be written (full disk, read-only, ...): one line, the previous
+            file at ``path`` is left intact.
     """
+    import io
+
     import torch
+
+    from llv.fsio import atomic_write
+    from llv.runlock import held_signals
 
     path = Path(path)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    plain = plain_config(config)
     payload = {
         "state_dict": state,
         "epoch": int(epoch),
-        "model": _cfg_value(cfg, "model.name"),
-        "dataset": _cfg_value(cfg, "dataset.name"),
-        "config": _cfg_yaml(cfg),
+        "model": _lookup(plain, "model", "name"),
+        "dataset": _lookup(plain, "dataset", "name"),
+        "config": plain,
         "metrics": {str(k): _plain(v) for k, v in (metrics or {}).items()},
     }
     payload.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    # Serialized in memory first: torch's own file writer turns a full disk into an opaque
+    # RuntimeError, a plain write() gives the OSError that becomes one clear line.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with held_signals():
+        return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()), "checkpoint")
 
 
 def load_checkpoint(path) -> dict:
@@ -157,27 +167,91 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
-def default_checkpoint(cfg) -> Path:
-    """``cfg.checkpoint``, else ``<outputs>/train/latest/final.pt`` if trained for this model.
+def model_config_of(path) -> dict | None:
+    """The model config a checkpoint was trained with (``{"name": ..., ...}``), or None.
+
+    llv's checkpoints store their run's configuration (a dict; a YAML text in older files);
+    bare ``state_dict`` files and the reference implementation's carry none.
+    """
+    _, meta = load_state_dict(path)
+    config = meta.get("config")
+    if isinstance(config, str):
+        import yaml
+
+        try:
+            config = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return None
+    model = config.get("model") if isinstance(config, Mapping) else None
+    return plain_config(model) if isinstance(model, Mapping) else None
+
+
+def check_finite(state_dict: Mapping, path) -> None:
+    """Refuse weights that hold NaN or infinity, naming the first such tensor.
 
     Raises:
-        LlvError: No checkpoint was given and the latest training run is missing, unfinished or
-            was trained for another model or data set.
+        LlvError: ``"checkpoint PATH has non-finite weights: conv1.weight holds 3 NaN and 0 inf
+            of 432 values ..."``.
     """
-    given = _cfg_value(cfg, "checkpoint")
-    if given:
-        return Path(str(given))
-    model, dataset = _cfg_value(cfg, "model.name"), _cfg_value(cfg, "dataset.name")
-    final = Path(str(_cfg_value(cfg, "outputs") or "outputs")) / "train" / "latest" / "final.pt"
-    advice = f"run `llv train model={model} dataset={dataset}` or pass checkpoint=PATH"
+    import torch
+
+    bad = [k for k, v in state_dict.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    first = state_dict[bad[0]]
+    nans, infs = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+    more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+    raise LlvError(f"checkpoint {path} has non-finite weights: {bad[0]} holds {nans} NaN and "
+                   f"{infs} inf of {first.numel()} values{more}; pass strict=false to evaluate "
+                   "it anyway (its points are recorded as NaN)")
+
+
+def latest_trained(outputs, model: str | None = None, dataset: str | None = None) -> Path:
+    """``<outputs>/train/latest/final.pt``, checked to be trained for ``model`` on ``dataset``.
+
+    A name that is None is not checked.
+
+    Raises:
+        LlvError: The latest training run is missing, unfinished or was trained for another
+            model or data set (one line that says how to get a checkpoint).
+    """
+    final = Path(str(outputs or "outputs")) / "train" / "latest" / "final.pt"
+    wanted = " ".join(f"{k}={v}" for k, v in (("model", model), ("dataset", dataset)) if v)
+    advice = f"run `llv train{' ' + wanted if wanted else ''}` or pass checkpoint=PATH"
     if not final.is_file():
         raise LlvError(f"no checkpoint given and {final} is missing: {advice}")
     _, meta = load_state_dict(final)
     trained = (meta.get("model"), meta.get("dataset"))
-    if trained != (model, dataset):
+    if (model is not None and trained[0] != model) or (dataset is not None and trained[1] != dataset):
         raise LlvError(f"no checkpoint given and {final} was trained for model {trained[0]} on "
                        f"{trained[1]}, not {model} on {dataset}: {advice}")
     return final
+
+
+def default_checkpoint(cfg) -> Path:
+    """Deprecated: use :func:`llv.tasks._checkpoints.default_checkpoint` (kept for old callers).
+
+    ``cfg["checkpoint"]`` if given, else :func:`latest_trained` for its model and data set.
+    """
+    config = plain_config(cfg)
+    given = config.get("checkpoint")
+    if given:
+        return Path(str(given))
+    return latest_trained(config.get("outputs"), _lookup(config, "model", "name"),
+                          _lookup(config, "dataset", "name"))
+
+
+def plain_config(config) -> dict | None:
+    """A configuration mapping as plain dicts, lists and scalars (what safe unpickling accepts).
+
+    Values that cannot be read (a missing mandatory value) become None; other objects their text.
+    """
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping, not {type(config).__name__}")
+    return _plain_tree(config)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -197,29 +271,34 @@ def _shape(tensor) -> str:
     return "[" + ",".join(str(s) for s in tensor.shape) + "]"
 
 
-def _cfg_value(cfg, key: str):
-    if cfg is None:
-        return None
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.select(cfg, key, default=None)
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+def _lookup(config: Mapping | None, *keys: str):
+    node = config
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
             return None
-        node = node[part]
+        node = node[key]
     return node
 
 
-def _cfg_yaml(cfg) -> str | None:
-    if cfg is None:
-        return None
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_yaml(cfg, resolve=True)
-    return OmegaConf.to_yaml(OmegaConf.create(dict(cfg)))
+def _plain_tree(node):
+    if isinstance(node, Mapping):
+        plain = {}
+        for key in list(node.keys()):
+            try:
+                value = node[key]
+            except Exception:  # an unresolvable or missing value of a config object
+                value = None
+            plain[str(key)] = _plain_tree(value)
+        return plain
+    if isinstance(node, (list, tuple)) or (isinstance(node, Sequence)
+                                             and not isinstance(node, (str, bytes))):
+        return [_plain_tree(v) for v in node]
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if isinstance(node, os.PathLike):
+        return os.fspath(node)
+    plain = _plain(node)
+    return plain if isinstance(plain, (bool, int, float, str)) else str(node)
 
 
 def _plain(value):

@@ -10,6 +10,7 @@ decay. BatchNorm running statistics are updated by the first pass only.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -94,31 +95,54 @@ class SAM:
         self.base.load_state_dict(state["base"])
 
 
-def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer | SAM:
-    """The optimizer named by ``train.optimizer``: ``sgd`` (Nesterov), ``adam`` or ``sam``."""
-    kind = str(train_cfg.optimizer).lower()
+def build_optimizer(model: nn.Module, kind: str = "sgd", lr: float = 0.1, *,
+                    momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0,
+                    sam_base: str = "sgd", sam_rho: float = 0.05, sam_adaptive: bool = False,
+                    sam_eta: float = 0.01) -> torch.optim.Optimizer | SAM:
+    """The optimizer ``kind``: ``sgd`` (Nesterov momentum), ``adam`` or ``sam`` around ``sam_base``.
+
+    Args:
+        model: Its parameters are optimized.
+        kind: ``sgd``, ``adam`` or ``sam``.
+        lr: Learning rate (finite, > 0).
+        momentum: SGD momentum; Nesterov only when ``nesterov`` and ``momentum > 0``.
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 coefficient added by the (base) optimizer.
+        sam_base: SAM's base optimizer, ``sgd`` or ``adam``.
+        sam_rho, sam_adaptive, sam_eta: See :class:`SAM`.
+
+    Raises:
+        LlvError: An unknown kind or a non-finite or out-of-range number.
+    """
+    kind = str(kind).lower()
     if kind not in OPTIMIZERS:
-        raise LlvError(f"unknown train.optimizer '{train_cfg.optimizer}'; "
-                       f"valid: {', '.join(OPTIMIZERS)}")
+        raise LlvError(f"unknown train.optimizer '{kind}'; valid: {', '.join(OPTIMIZERS)}")
+    _check_finite_numbers(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if not float(lr) > 0:
+        raise LlvError(f"train.lr must be > 0, got {lr}")
+    settings = {"lr": float(lr), "momentum": float(momentum), "nesterov": bool(nesterov),
+                "weight_decay": float(weight_decay)}
     if kind != "sam":
-        return _base_optimizer(kind, model.parameters(), train_cfg)
-    sam_cfg = train_cfg.get("sam") or {}
-    base_kind = str(sam_cfg.get("base", "sgd")).lower()
+        return _base_optimizer(kind, model.parameters(), **settings)
+    base_kind = str(sam_base).lower()
     if base_kind not in SAM_BASES:
-        raise LlvError(f"unknown train.sam.base '{base_kind}'; valid: {', '.join(SAM_BASES)}")
-    base = _base_optimizer(base_kind, model.parameters(), train_cfg)
-    return SAM(base, rho=float(sam_cfg.get("rho", 0.05)),
-               adaptive=bool(sam_cfg.get("adaptive", False)), eta=float(sam_cfg.get("eta", 0.01)))
+        raise LlvError(f"unknown train.sam.base '{sam_base}'; valid: {', '.join(SAM_BASES)}")
+    _check_finite_numbers(**{"sam.rho": sam_rho, "sam.eta": sam_eta})
+    base = _base_optimizer(base_kind, model.parameters(), **settings)
+    return SAM(base, rho=float(sam_rho), adaptive=bool(sam_adaptive), eta=float(sam_eta))
 
 
-def _base_optimizer(kind: str, params, train_cfg) -> torch.optim.Optimizer:
-    lr = float(train_cfg.lr)
-    weight_decay = float(train_cfg.get("weight_decay", 0.0))
+def _check_finite_numbers(**values) -> None:
+    for name, value in values.items():
+        if not math.isfinite(float(value)):
+            raise LlvError(f"train.{name} must be a finite number, got {value}")
+
+
+def _base_optimizer(kind: str, params, lr: float, momentum: float, nesterov: bool,
+                    weight_decay: float) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    momentum = float(train_cfg.get("momentum", 0.9))
-    nesterov = bool(train_cfg.get("nesterov", True)) and momentum > 0
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                            weight_decay=weight_decay)
 
 
@@ -127,11 +151,12 @@ def base_optimizer(optimizer: torch.optim.Optimizer | SAM) -> torch.optim.Optimi
     return optimizer.base if isinstance(optimizer, SAM) else optimizer
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer | SAM, train_cfg):
-    """MultiStepLR: the learning rate times ``train.gamma`` after each of ``train.milestones``."""
-    milestones = sorted(int(m) for m in (train_cfg.get("milestones") or []))
-    return torch.optim.lr_scheduler.MultiStepLR(base_optimizer(optimizer), milestones=milestones,
-                                                gamma=float(train_cfg.get("gamma", 0.1)))
+def build_scheduler(optimizer: torch.optim.Optimizer | SAM, milestones=(), gamma: float = 0.1):
+    """MultiStepLR: the learning rate times ``gamma`` after each epoch in ``milestones``."""
+    _check_finite_numbers(gamma=gamma)
+    return torch.optim.lr_scheduler.MultiStepLR(base_optimizer(optimizer),
+                                                milestones=sorted(int(m) for m in milestones or ()),
+                                                gamma=float(gamma))
 
 
 def current_lr(optimizer: torch.optim.Optimizer | SAM) -> float:

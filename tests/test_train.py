@@ -2,9 +2,13 @@
 
 import copy
 import csv
+import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -46,12 +50,10 @@ def nesterov_first_step(w, g):
     return w - LR * (d + MOMENTUM * d)
 
 
-def sam_cfg(adaptive=False, eta=0.01, base="sgd"):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({"optimizer": "sam", "lr": LR, "momentum": MOMENTUM, "nesterov": True,
-                             "weight_decay": WEIGHT_DECAY,
-                             "sam": {"rho": RHO, "adaptive": adaptive, "eta": eta, "base": base}})
+def sam_settings(adaptive=False, eta=0.01, base="sgd"):
+    return {"kind": "sam", "lr": LR, "momentum": MOMENTUM, "nesterov": True,
+            "weight_decay": WEIGHT_DECAY, "sam_rho": RHO, "sam_adaptive": adaptive,
+            "sam_eta": eta, "sam_base": base}
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
@@ -66,7 +68,7 @@ def test_sam_step_equals_hand_computation(adaptive):
     g_sharp = loss_gradient(model, [wi + ei for wi, ei in zip(w, e, strict=True)], inputs, targets)
     expected = [nesterov_first_step(wi, gi) for wi, gi in zip(w, g_sharp, strict=True)]
 
-    optimizer = build_optimizer(model, sam_cfg(adaptive=adaptive))
+    optimizer = build_optimizer(model, **sam_settings(adaptive=adaptive))
     assert isinstance(optimizer, SAM)
     train_step(model, optimizer, inputs, targets)
     for got, want, start in zip(model.parameters(), expected, w, strict=True):
@@ -89,7 +91,7 @@ def test_sam_with_adam_base_steps_from_w_with_the_sharp_gradient():
     for p, gi in zip(reference.parameters(), g_sharp, strict=True):
         p.grad = gi.clone()
     adam.step()
-    train_step(model, build_optimizer(model, sam_cfg(base="adam")), inputs, targets)
+    train_step(model, build_optimizer(model, **sam_settings(base="adam")), inputs, targets)
     for got, want in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
@@ -101,7 +103,7 @@ def test_sam_updates_batchnorm_running_stats_on_the_first_pass_only():
     once = copy.deepcopy(model).train()
     with torch.no_grad():
         once(inputs)  # one train-mode forward of the batch at w
-    optimizer = build_optimizer(model, sam_cfg())
+    optimizer = build_optimizer(model, **sam_settings())
     train_step(model, optimizer, inputs, targets)
     bn, expected = model[1], once[1]
     assert not torch.equal(bn.running_mean, torch.zeros(8))
@@ -240,3 +242,160 @@ def test_missing_data_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("llv: error:") and "cifar" in lines[0].lower()
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "outputs").exists()  # no run directory for a run that cannot start
+
+
+# ---------------------------------------------------------------------------- reliability
+
+
+def cli(*args):
+    """``llv ARGS`` in a fresh process (``python -m llv``)."""
+    return [sys.executable, "-m", "llv", *args]
+
+
+def wait_for(path, process, seconds=180):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"llv ended (exit {process.returncode}) before {path.name} appeared: "
+                        f"{process.stderr.read()[-2000:] if process.stderr else ''}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path.name} did not appear within {seconds} s")
+        time.sleep(0.05)
+
+
+def assert_same_run(run, reference):
+    """Bit-identical weights in every checkpoint and final.pt, identical metrics (not times)."""
+    for name in ("final.pt", *(f"checkpoints/epoch_{e:03d}.pt" for e in range(4))):
+        assert_identical(load_state_dict(run / name)[0], load_state_dict(reference / name)[0])
+    assert [r[:6] for r in read_metrics(run)] == [r[:6] for r in read_metrics(reference)]
+
+
+def test_checkpoints_record_their_model_config(short_run):
+    from omegaconf import OmegaConf
+
+    from llv.checkpoint import load_into, model_config_of
+    from llv.models import build_model
+
+    expected = OmegaConf.to_container(compose("train", overrides(short_run)).model, resolve=True)
+    for name in ("final.pt", "checkpoints/epoch_000.pt"):
+        assert model_config_of(short_run / name) == expected
+    model = build_model(OmegaConf.create(model_config_of(short_run / "final.pt")))
+    load_into(model, short_run / "final.pt")  # strict: the rebuilt model is the trained one
+    assert torch.equal(model.state_dict()["linear.weight"], final_state(short_run)["linear.weight"])
+
+
+@pytest.mark.parametrize(("key", "value"), [("train.lr", "nan"), ("train.lr", -0.1),
+                                          ("train.momentum", "inf"), ("train.gamma", "nan"),
+                                          ("train.weight_decay", "-inf"), ("train.sam.rho", "nan")])
+def test_invalid_numbers_are_refused_before_anything_is_written(tmp_path, key, value):
+    """train refuses them itself, whatever the config schema lets through."""
+    from omegaconf import OmegaConf
+
+    from llv.console import LlvError
+
+    cfg = compose("train", overrides(tmp_path / "run"))
+    OmegaConf.update(cfg, key, float(value))
+    with pytest.raises(LlvError, match=f"^{key} must be "):
+        train(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_second_writer_is_refused_before_any_work(tmp_path):
+    from test_runlock import start_holder
+
+    from llv.console import LlvError
+
+    run_dir = tmp_path / "run"
+    holder = start_holder(run_dir, tmp_path)
+    try:
+        with pytest.raises(LlvError, match=f"^{run_dir} is being written by pid {holder.pid} "):
+            train(compose("train", overrides(run_dir, "dataset.root=/nonexistent")))
+        with pytest.raises(LlvError, match=f"being written by pid {holder.pid} "):
+            train(compose("train", overrides(run_dir, "train.resume=true")))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.listdir(run_dir) == [".llv.lock"]  # nothing written by the refused runs
+
+
+@pytest.mark.slow  # two fresh llv processes and three epochs: about a minute on 2 loaded cores
+def test_sigterm_saves_exits_143_and_prints_the_command_that_continues(short_run, tmp_path):
+    run = tmp_path / "run"
+    args = overrides(run)
+    process = subprocess.Popen(cli("train", *args), stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)
+    wait_for(run / "checkpoints" / "epoch_001.pt", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "SIGTERM stopped training in epoch 2 of 3; the checkpoints up to epoch 1 are saved" \
+        in " ".join(stderr.split())
+    hints = [line for line in stderr.splitlines() if line.startswith("llv: continue with: ")]
+    assert len(hints) == 1
+    command = shlex.split(hints[0].removeprefix("llv: continue with: "))
+    kept = [a for a in args if not a.startswith("out=")]
+    assert command == ["llv", "train", *kept, "train.resume=true", f"out={run}"]
+    assert not (run / "final.pt").exists()
+    resumed = subprocess.run(cli(*command[1:]), capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(run, short_run)
+
+
+KILL_DURING_CHECKPOINT_WRITE = """
+import os, sys, time
+from pathlib import Path
+import llv.fsio as fsio
+marker, real_fsync = Path(sys.argv[1]), fsio._fsync_path
+def stall(path):
+    if ".epoch_002.pt.llv-tmp-" in path.name:
+        os.truncate(path, path.stat().st_size // 2)  # half of the checkpoint is on disk
+        marker.write_text(path.name)
+        time.sleep(600)  # killed here
+    real_fsync(path)
+fsio._fsync_path = stall
+sys.argv = ["llv", *sys.argv[2:]]
+from llv.cli import main
+main()
+"""
+
+
+@pytest.mark.slow  # two fresh llv processes and three epochs: about a minute on 2 loaded cores
+def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(short_run, tmp_path):
+    run = tmp_path / "run"
+    marker = tmp_path / "writing"
+    process = subprocess.Popen([sys.executable, "-c", KILL_DURING_CHECKPOINT_WRITE, str(marker),
+                                "train", *overrides(run)], stderr=subprocess.PIPE, text=True)
+    wait_for(marker, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    temporary = run / "checkpoints" / marker.read_text()
+    assert temporary.is_file() and not (run / "checkpoints" / "epoch_002.pt").exists()
+    assert [int(r[0]) for r in read_metrics(run)[1:]] == [0, 1, 2]  # epoch 2's row came first
+    resumed = subprocess.run(cli("train", *overrides(run), "train.resume=true"),
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"removed {temporary}" in " ".join(resumed.stderr.split())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        f"epoch_{e:03d}.pt" for e in range(4)]  # the stale temporary is gone
+    assert_same_run(run, short_run)
+
+
+def test_full_disk_while_writing_checkpoints_is_one_line_and_exit_2(tmp_path):
+    from test_fsio import mount_tmpfs, unmount
+
+    disk = mount_tmpfs(tmp_path / "disk")  # 1 MiB: epoch 0's checkpoint fits, epoch 1's not
+    try:
+        result = subprocess.run(cli("train", *overrides(disk / "run")), capture_output=True,
+                                text=True, cwd=tmp_path)
+        assert result.returncode == 2
+        lines = [line for line in result.stderr.splitlines() if line.startswith("llv: error:")]
+        assert len(lines) == 1 and "Traceback" not in result.stderr
+        assert lines[0].startswith(f"llv: error: cannot write checkpoint {disk / 'run'}/checkpoints/")
+        assert "No space left on device" in lines[0] and "free of 1.0 MiB" in lines[0]
+        names = [p.name for p in (disk / "run").rglob("*")]
+        assert not any(".llv-tmp-" in n for n in names)
+        assert "epoch_000.pt" in names  # the complete checkpoints stay
+    finally:
+        unmount(disk)

@@ -5,26 +5,61 @@ The run directory holds ``checkpoints/epoch_NNN.pt`` (epoch 0 before training, t
 and ``final.pt``. Epoch checkpoints also store the optimizer, scheduler and random-number
 states, so ``train.resume=true out=RUN_DIR`` (default: the newest run) continues a stopped run
 and ends with the same weights as an uninterrupted one (bit-identical on the CPU).
+
+Reliability (docs/reliability.md): the run holds the run folder's lock from start to end; every
+file is written atomically, so a ``kill -9`` at any moment leaves complete files and a stale
+temporary that the next run removes; Ctrl-C and SIGTERM stop with exit status 130 and 143 and
+print the one-line command that continues the run; a full disk is one line and exit status 2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
-import os
-import re
+import shlex
+import sys
 import time
 from pathlib import Path
 
 from llv.console import LlvError, log, progress
+from llv.storage.trainrun import (
+    CHECKPOINTS,
+    FINAL,
+    METRICS,
+    epoch_checkpoint,
+    last_checkpoint,
+    read_metrics,
+)
 
 METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 def run(cfg) -> Path:
     """Train ``cfg.model`` on ``cfg.dataset`` as ``cfg.train`` says; return the run directory."""
+    from llv.runlock import stop_signals
+
+    epochs, save_every = _check_settings(cfg)
+    where = _Reached()
+    try:
+        with stop_signals(), contextlib.ExitStack() as stack:
+            return _train(cfg, epochs, save_every, stack, where)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP as llv.runlock.Stopped
+        _report_stop(stop, where, epochs)
+        raise
+
+
+@dataclasses.dataclass
+class _Reached:
+    """How far a run got, for the message when it is stopped."""
+
+    run_dir: Path | None = None
+    epoch: int = 0  # the epoch being trained
+
+
+def _train(cfg, epochs: int, save_every: int, stack: contextlib.ExitStack,
+           where: _Reached) -> Path:
     import torch
 
     from llv.checkpoint import save_checkpoint
@@ -32,6 +67,7 @@ def run(cfg) -> Path:
     from llv.data import load_eval_data, load_split
     from llv.device import resolve_device
     from llv.models import build_model
+    from llv.tasks._checkpoints import run_config
     from llv.training import (
         build_optimizer,
         build_scheduler,
@@ -43,19 +79,28 @@ def run(cfg) -> Path:
     )
 
     train_cfg = cfg.train
-    epochs, save_every = _check_settings(cfg)
+    resume = bool(train_cfg.get("resume"))
     device = resolve_device(cfg.get("device", "auto"))
     seed = int(cfg.get("seed", 0))
 
-    # Data first: a missing data set is one line, before any run directory exists.
+    # The run folder is known, locked and checked before any data are read: a refusal is quick.
+    run_dir = _resume_dir(cfg) if resume else (Path(str(cfg.out)) if cfg.get("out") else None)
+    if run_dir is not None:
+        _lock(run_dir, stack)
+        where.run_dir = run_dir
+        if not resume:
+            _refuse_existing_run(run_dir)
+
+    # Data next: a missing data set is one line, before any run directory exists.
     train_set = load_split(cfg.dataset, "train", augment=bool(train_cfg.get("augment", False)))
     eval_data = {split: load_eval_data(cfg.dataset, split, device=device, dtype=torch.float32)
                  for split in ("train", "test")}
 
     torch.manual_seed(seed)  # Kaiming init inside build_model draws from this stream
     model = build_model(cfg.model).to(device)
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    optimizer = build_optimizer(model, **_optimizer_settings(train_cfg))
+    scheduler = build_scheduler(optimizer, milestones=train_cfg.get("milestones") or (),
+                                gamma=float(train_cfg.get("gamma", 0.1)))
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=int(train_cfg.batch_size), shuffle=True, generator=generator,
@@ -63,13 +108,14 @@ def run(cfg) -> Path:
     if len(loader) == 0:
         raise LlvError(f"the {cfg.dataset.name} training split is empty")
 
-    if train_cfg.get("resume"):
-        run_dir, start = _resume(cfg, model, optimizer, scheduler, generator)
+    if resume:
+        run_dir, start, rows = _resume(cfg, run_dir, model, optimizer, scheduler, generator)
     else:
-        _refuse_existing_run(cfg)
-        run_dir, start = make_run_dir(cfg), 0
-    checkpoints = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.csv"
+        run_dir, start, rows = make_run_dir(cfg), 0, []
+        _lock(run_dir, stack)
+    where.run_dir, where.epoch = run_dir, start
+    config = run_config(cfg)
+    metrics_path = run_dir / METRICS
 
     def evaluate_all() -> dict[str, float]:
         batch = int(cfg.eval.batch_size)
@@ -82,7 +128,7 @@ def run(cfg) -> Path:
     def save_epoch(epoch: int, metrics: dict) -> None:
         extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler_state(scheduler),
                  "rng": rng_state(generator)}
-        save_checkpoint(checkpoints / f"epoch_{epoch:03d}.pt", model, epoch, cfg, metrics, extra)
+        save_checkpoint(epoch_checkpoint(run_dir, epoch), model, epoch, config, metrics, extra)
 
     log.info("training %s on %s: %d epochs, %s lr %g, batch %d, %d training images, "
              "device %s -> %s",
@@ -91,56 +137,46 @@ def run(cfg) -> Path:
     if start == 0:
         began = time.perf_counter()
         metrics = evaluate_all()
-        row = _row(0, current_lr(optimizer), metrics, time.perf_counter() - began)
-        _write_metrics(metrics_path, [row])
-        save_epoch(0, row)
-    elif start == epochs and (run_dir / "final.pt").is_file():
+        rows = [_row(0, current_lr(optimizer), metrics, time.perf_counter() - began)]
+        _write_metrics(metrics_path, rows)
+        save_epoch(0, rows[-1])
+    elif start == epochs and (run_dir / FINAL).is_file():
         log.info("%s is complete (epoch %d of %d); nothing to do", run_dir, start, epochs)
         return run_dir
-    else:
-        row = _read_metrics(metrics_path)[-1]
 
     steps = len(loader)
     warned = False
-    epoch = start
-    with _resume_hint(run_dir, lambda: epoch), \
-            progress(epochs * steps, "train", unit="steps", completed=start * steps) as bar:
+    with progress(epochs * steps, "train", unit="steps", completed=start * steps) as bar:
         for epoch in range(start + 1, epochs + 1):
+            where.epoch = epoch
             began = time.perf_counter()
             lr = current_lr(optimizer)
             running_loss, running_acc = train_epoch(model, loader, optimizer, device,
                                                     on_step=bar.advance)
             scheduler.step()
             metrics = evaluate_all()
-            row = _row(epoch, lr, metrics, time.perf_counter() - began)
-            _append_metrics(metrics_path, row)
+            rows.append(_row(epoch, lr, metrics, time.perf_counter() - began))
+            _write_metrics(metrics_path, rows)
             if epoch % save_every == 0 or epoch == epochs:
-                save_epoch(epoch, row)
+                save_epoch(epoch, rows[-1])
             bar.update(info=f"epoch {epoch}/{epochs} loss {running_loss:.4f} "
                             f"acc {running_acc:.1f}% test {metrics['test_acc']:.1f}%")
-            log.debug("epoch %d: %s", epoch, row)
+            log.debug("epoch %d: %s", epoch, rows[-1])
             if not warned and not math.isfinite(running_loss):
                 log.warning("training loss is %s in epoch %d (diverged?): try a smaller train.lr",
                             running_loss, epoch)
                 warned = True
 
-    final = save_checkpoint(run_dir / "final.pt", model, epochs, cfg, row)
-    log.info("saved %s (test acc %.2f %%)", final, row["test_acc"])
+    final = save_checkpoint(run_dir / FINAL, model, epochs, config, rows[-1])
+    log.info("saved %s (test acc %.2f %%)", final, rows[-1]["test_acc"])
     return run_dir
 
 
-@contextlib.contextmanager
-def _resume_hint(run_dir: Path, current_epoch):
-    """On Ctrl-C, say how to continue (the checkpoints written so far are complete files)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        log.info("stopped in epoch %d; continue with: llv train train.resume=true out=%s "
-                 "(and the same overrides)", current_epoch(), run_dir)
-        raise
+# ------------------------------------------------------------------------ settings, locking
 
 
 def _check_settings(cfg) -> tuple[int, int]:
+    """The numbers of ``train.*`` that must be valid before anything else happens."""
     train_cfg = cfg.train
     epochs, save_every = int(train_cfg.epochs), int(train_cfg.get("save_every", 1))
     if epochs < 0:
@@ -149,52 +185,79 @@ def _check_settings(cfg) -> tuple[int, int]:
         raise LlvError(f"train.save_every must be >= 1, got {save_every}")
     if int(train_cfg.batch_size) < 1:
         raise LlvError(f"train.batch_size must be >= 1, got {train_cfg.batch_size}")
-    if float(train_cfg.lr) <= 0:
+    settings = _optimizer_settings(train_cfg)
+    numbers = {"lr": settings["lr"], "momentum": settings["momentum"],
+               "weight_decay": settings["weight_decay"], "gamma": train_cfg.get("gamma", 0.1),
+               "sam.rho": settings["sam_rho"], "sam.eta": settings["sam_eta"]}
+    for name, value in numbers.items():
+        if not math.isfinite(float(value)):
+            raise LlvError(f"train.{name} must be a finite number, got {value}")
+    if not float(train_cfg.lr) > 0:
         raise LlvError(f"train.lr must be > 0, got {train_cfg.lr}")
     return epochs, save_every
+
+
+def _optimizer_settings(train_cfg) -> dict:
+    """``train.*`` as the keyword arguments of :func:`llv.training.build_optimizer`."""
+    sam = train_cfg.get("sam") or {}
+    return {"kind": str(train_cfg.optimizer), "lr": float(train_cfg.lr),
+            "momentum": float(train_cfg.get("momentum", 0.9)),
+            "nesterov": bool(train_cfg.get("nesterov", True)),
+            "weight_decay": float(train_cfg.get("weight_decay", 0.0)),
+            "sam_base": str(sam.get("base", "sgd")), "sam_rho": float(sam.get("rho", 0.05)),
+            "sam_adaptive": bool(sam.get("adaptive", False)), "sam_eta": float(sam.get("eta", 0.01))}
+
+
+def _lock(run_dir: Path, stack: contextlib.ExitStack) -> None:
+    """Take ``run_dir``'s writer lock for the rest of the run; remove killed runs' temporaries."""
+    from llv.fsio import check_output_dir, clean_stale_temps
+    from llv.runlock import RunLock
+
+    check_output_dir(run_dir)
+    stack.enter_context(RunLock(run_dir))
+    for stale in clean_stale_temps(run_dir, recursive=True):
+        log.info("removed %s (left by a run that was killed while writing)", stale)
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    """A fresh run must not mix its checkpoints with an older run's in the same ``out=``."""
+    found = last_checkpoint(run_dir)
+    if found is not None:
+        raise LlvError(f"{run_dir} already holds a training run (up to epoch {found[0]}): "
+                       "continue it with train.resume=true, or pass another out=")
 
 
 # ---------------------------------------------------------------------------------- resume
 
 
-def last_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """The highest ``(epoch, path)`` among ``run_dir/checkpoints/epoch_NNN.pt``, or None."""
-    folder = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pt")
-             if (m := _EPOCH_FILE.match(p.name))]
-    return max(found) if found else None
+def _resume_dir(cfg) -> Path:
+    """The run ``train.resume=true`` continues: ``out=``, else the newest training run."""
+    if cfg.get("out"):
+        return Path(str(cfg.out))
+    latest = Path(str(cfg.get("outputs") or "outputs")) / "train" / "latest"
+    if not latest.is_dir():
+        raise LlvError(f"train.resume=true needs a run to continue: pass out=RUN_DIR "
+                       f"({latest} does not exist)")
+    run_dir = latest.resolve()
+    cfg.out = str(run_dir)  # make_run_dir then reuses it
+    return run_dir
 
 
-def _refuse_existing_run(cfg) -> None:
-    """A fresh run must not mix its checkpoints with an older run's in the same ``out=``."""
-    if not cfg.get("out"):
-        return
-    found = last_checkpoint(Path(str(cfg.out)))
-    if found is not None:
-        raise LlvError(f"{cfg.out} already holds a training run (up to epoch {found[0]}): continue "
-                       "it with train.resume=true, or pass another out=")
+def _resume(cfg, run_dir: Path, model, optimizer, scheduler,
+            generator) -> tuple[Path, int, list[dict]]:
+    """Restore the newest checkpoint of ``run_dir`` into the training objects.
 
-
-def _resume(cfg, model, optimizer, scheduler, generator) -> tuple[Path, int]:
-    """Restore the newest checkpoint of ``cfg.out`` into the training objects; return its epoch."""
+    Returns the run directory, the epoch reached and the metrics rows up to that epoch.
+    """
     from llv.checkpoint import load_into
     from llv.config import make_run_dir
     from llv.training import load_scheduler_state, set_rng_state
 
-    if cfg.get("out"):
-        run_dir = Path(str(cfg.out))
-    else:  # the newest training run
-        latest = Path(str(cfg.get("outputs") or "outputs")) / "train" / "latest"
-        if not latest.is_dir():
-            raise LlvError(f"train.resume=true needs a run to continue: pass out=RUN_DIR "
-                           f"({latest} does not exist)")
-        run_dir = latest.resolve()
-        cfg.out = str(run_dir)  # make_run_dir then reuses it
     found = last_checkpoint(run_dir)
     if found is None:
-        log.info("nothing to resume in %s (no checkpoints/epoch_*.pt): training from the start",
-                 run_dir)
-        return make_run_dir(cfg), 0
+        log.info("nothing to resume in %s (no %s/epoch_*.pt): training from the start",
+                 run_dir, CHECKPOINTS)
+        return make_run_dir(cfg), 0, []
     epoch, path = found
     meta = load_into(model, path, model_name=cfg.model.name)
     trained = (meta.get("model"), meta.get("dataset"))
@@ -214,14 +277,46 @@ def _resume(cfg, model, optimizer, scheduler, generator) -> tuple[Path, int]:
                        f"train.optimizer={cfg.train.optimizer} ({' '.join(str(exc).split())})"
                        ) from None
     set_rng_state(meta["rng"], generator)
-    metrics_path = run_dir / "metrics.csv"
-    rows = [r for r in _read_metrics(metrics_path) if int(r["epoch"]) <= epoch]
+    # Rows of epochs after the checkpoint were computed by the stopped run and are redone.
+    rows = [r for r in read_metrics(run_dir / METRICS) if int(r["epoch"]) <= epoch]
     if not rows or int(rows[-1]["epoch"]) != epoch:
         rows.append(dict(meta.get("metrics") or {}, epoch=epoch))
     run_dir = make_run_dir(cfg)
-    _write_metrics(metrics_path, rows)
+    _write_metrics(run_dir / METRICS, rows)
     log.info("resuming %s from epoch %d (%s)", run_dir, epoch, path.name)
-    return run_dir, epoch
+    return run_dir, epoch, rows
+
+
+def resume_command(run_dir: Path) -> str:
+    """The one-line command that continues ``run_dir``: this process's ``llv train`` overrides
+    (when it was started from the command line) with ``train.resume=true out=RUN_DIR``."""
+    argv = sys.argv[1:]
+    overrides = []
+    if "train" in argv:
+        after = argv[argv.index("train") + 1:]
+        overrides = [a for a in after if "=" in a and not a.startswith("-")
+                     and a.lstrip("+~").partition("=")[0] not in ("out", "train.resume")]
+    return shlex.join(["llv", "train", *overrides, "train.resume=true", f"out={run_dir}"])
+
+
+def _report_stop(stop: KeyboardInterrupt, where: _Reached, epochs: int) -> None:
+    """Say where training stopped and print the command that continues it (a line of its own,
+    never wrapped, so it can be copied); a stop signal other than Ctrl-C exits with 128 + its
+    number (143 for SIGTERM), as a shell reports a process the signal ended."""
+    from llv.runlock import exit_code, signal_name
+
+    if where.run_dir is None:
+        log.warning("%s stopped training before it wrote anything", signal_name(stop))
+    else:
+        saved = last_checkpoint(where.run_dir)
+        kept = ("no checkpoint yet" if saved is None
+                else f"the checkpoints up to epoch {saved[0]} are saved")
+        log.warning("%s stopped training in epoch %d of %d; %s", signal_name(stop), where.epoch,
+                    epochs, kept)
+        print(f"llv: continue with: {resume_command(where.run_dir)}", file=sys.stderr, flush=True)
+    code = exit_code(stop)
+    if code != 130:  # the command line reports Ctrl-C (130) itself
+        raise SystemExit(code) from None
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -242,21 +337,12 @@ def _format(row: dict) -> list[str]:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
+    """The whole table, atomically (a few hundred rows at most: rewriting is cheap)."""
+    from llv.fsio import atomic_write
+
+    def write(handle) -> None:
         writer = csv.writer(handle)
         writer.writerow(METRICS_COLUMNS)
         writer.writerows(_format(r) for r in rows)
-    os.replace(tmp, path)
 
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as handle:
-        csv.writer(handle).writerow(_format(row))
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    atomic_write(path, write, "metrics table", text=True)
