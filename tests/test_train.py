@@ -301,6 +301,16 @@ def test_invalid_numbers_are_refused_before_anything_is_written(tmp_path, key, v
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
+def test_an_out_that_is_a_file_is_one_line_and_unchanged(tmp_path):
+    from llv.console import LlvError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(LlvError, match=r"^out=.*notes\.txt is a file, not a folder$"):
+        train(compose("train", overrides(tmp_path / "notes.txt")))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
 def test_a_second_writer_is_refused_before_any_work(tmp_path):
     from test_runlock import start_holder
 
