@@ -24,7 +24,7 @@ AUTO_LOG_KINDS = ("1d", "contour", "contourf", "heatmap", "trajectory", "compare
 
 DRAW_KINDS = ("1d", "contour", "contourf", "heatmap", "surface3d", "hessian", "compare")
 
-_SIZES = {"1d": (6.4, 4.4), "surface3d": (6.4, 5.2)}
+_SIZES = {"1d": (6.4, 4.8), "surface3d": (6.4, 5.2)}
 
 
 def draw(

@@ -6,6 +6,10 @@ figures, writes it as Markdown and CSV next to the first input (``<stem>_sharpne
 or beside ``--out``), and draws one scatter panel per measure against the generalization gap
 (test − train loss) with Kendall's τ (:func:`scipy.stats.kendalltau`, τ-b) in its title. The
 Markdown adds τ of every measure with the loss gap, the accuracy gap and the test error.
+
+Every τ comes with its two-sided p-value. With fewer than :data:`MIN_MODELS` models τ is
+printed but called not meaningful: it can take only a few values (±1 for two models, and no
+ranking of three is ever significant at 5 %).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -53,6 +58,35 @@ MEASURES: dict[str, str | None] = {
 
 #: What each measure is correlated with in the Markdown; the figure uses the first.
 GAPS = ("gap_loss", "gap_acc", "test_error")
+
+#: Below this many models Kendall's τ is reported as not meaningful.
+MIN_MODELS = 4
+
+
+class Correlation(NamedTuple):
+    """Kendall's τ-b, its two-sided p-value (H0: τ = 0), and how many models it is over."""
+
+    tau: float
+    p: float
+    count: int
+
+    @property
+    def meaningful(self) -> bool:
+        return self.count >= MIN_MODELS and math.isfinite(self.tau)
+
+    def describe(self) -> str:
+        """``τ = 0.6 (p = 0.14, n = 6)``, or ``τ = 1 (n = 2: not meaningful)`` below
+        :data:`MIN_MODELS` models.
+
+        >>> Correlation(1.0, 1.0, 2).describe()
+        'τ = 1 (n = 2: not meaningful)'
+        >>> Correlation(0.6, 0.136, 6).describe()
+        'τ = 0.6 (p = 0.14, n = 6)'
+        """
+        tau = _cell(self.tau) or "n/a"
+        if self.count < MIN_MODELS:
+            return f"τ = {tau} (n = {self.count}: not meaningful)"
+        return f"τ = {tau} (p = {self.p:.2g}, n = {self.count})"
 
 
 @dataclass
@@ -125,22 +159,24 @@ def _number(value) -> float:
         return math.nan
 
 
-def kendall_tau(x, y) -> tuple[float, int]:
-    """τ-b over the finite pairs (NaN below two pairs or for a constant), and their count."""
+def kendall_tau(x, y) -> Correlation:
+    """τ-b and its p-value over the finite pairs (NaN below two pairs or for a constant)."""
     from scipy.stats import kendalltau
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     finite = np.isfinite(x) & np.isfinite(y)
-    if finite.sum() < 2:
-        return math.nan, int(finite.sum())
+    count = int(finite.sum())
+    if count < 2:
+        return Correlation(math.nan, math.nan, count)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a constant input: scipy warns and returns NaN
-        return float(kendalltau(x[finite], y[finite]).statistic), int(finite.sum())
+        result = kendalltau(x[finite], y[finite])
+    return Correlation(float(result.statistic), float(result.pvalue), count)
 
 
-def correlations(rows: list[ModelRow]) -> dict[str, dict[str, tuple[float, int]]]:
-    """measure -> gap -> (Kendall's τ, number of models with both values)."""
-    def tau(measure: str, gap: str) -> tuple[float, int]:
+def correlations(rows: list[ModelRow]) -> dict[str, dict[str, Correlation]]:
+    """measure -> gap -> :class:`Correlation` (τ, p-value, number of models with both)."""
+    def tau(measure: str, gap: str) -> Correlation:
         return kendall_tau([r.values[measure] for r in rows], [r.values[gap] for r in rows])
 
     return {m: {g: tau(m, g) for g in GAPS} for m in MEASURES}
@@ -169,12 +205,21 @@ def write_markdown(rows: list[ModelRow], taus: dict, out: Path) -> Path:
     lines += [f"| {row.label} | " + " | ".join(_cell(row.values[k]) for k in COLUMNS) + " |"
               for row in rows]
     lines += ["", "## Kendall's τ with the generalization gap", "",
-              "| measure | " + " | ".join(f"τ vs {COLUMNS[g]}" for g in GAPS) + " | models |",
-              "|---|" + "---:|" * (len(GAPS) + 1)]
+              "| measure | " + " | ".join(f"τ vs {COLUMNS[g]}" for g in GAPS) + " | "
+              + " | ".join(f"p vs {COLUMNS[g]}" for g in GAPS) + " | models |",
+              "|---|" + "---:|" * (2 * len(GAPS) + 1)]
+    few = False
     for measure, by_gap in taus.items():
-        count = by_gap[GAPS[0]][1]
+        count = by_gap[GAPS[0]].count
+        few |= count < MIN_MODELS
         lines.append(f"| {COLUMNS[measure]} | "
-                     + " | ".join(_cell(by_gap[g][0]) for g in GAPS) + f" | {count} |")
+                     + " | ".join(_cell(by_gap[g].tau) for g in GAPS) + " | "
+                     + " | ".join(_cell(by_gap[g].p) for g in GAPS)
+                     + f" | {count}{' (too few)' if count < MIN_MODELS else ''} |")
+    lines += ["", "p: two-sided p-value of τ = 0 (scipy.stats.kendalltau)."]
+    if few:
+        lines += [f"With fewer than {MIN_MODELS} models τ is not meaningful: it can take only a "
+                  "few values (±1 for two models) and no ranking of three models is significant."]
     lines += ["", f"Inputs: {', '.join(str(r.path) for r in rows)}", ""]
     out.write_text("\n".join(lines))
     log.info("wrote %s", out)
@@ -200,8 +245,7 @@ def figure_sharpness(rows: list[ModelRow], taus: dict, options: PlotOptions) -> 
                             fontsize="x-small")
         if options.log and np.all(x[np.isfinite(x)] > 0):
             ax.set_xscale("log")
-        tau, count = taus[measure][gap]
-        ax.set_title(f"{COLUMNS[measure]}: Kendall τ = {_cell(tau) or 'n/a'} (n = {count})",
+        ax.set_title(f"{COLUMNS[measure]}: Kendall {taus[measure][gap].describe()}",
                      fontsize="medium")
         ax.set_xlabel(COLUMNS[measure])
         ax.set_ylabel(COLUMNS[gap])
@@ -217,9 +261,14 @@ def plot_sharpness(paths: list[Path], out: Path, options: PlotOptions) -> list[P
     # one column per model: a row per model would not fit a terminal
     print_table("Sharpness versus generalization", ["", *(r.label for r in rows)],
                 [(header, *(r.values[key] for r in rows)) for key, header in COLUMNS.items()])
-    print_table("Kendall's τ with the generalization gap",
-                ["measure", *(f"τ vs {COLUMNS[g]}" for g in GAPS)],
-                [(COLUMNS[m], *(by_gap[g][0] for g in GAPS)) for m, by_gap in taus.items()])
+    print_table("Kendall's τ with the generalization gap (p-value)",
+                ["measure", *(f"τ vs {COLUMNS[g]}" for g in GAPS), "models"],
+                [(COLUMNS[m], *(f"{_cell(by_gap[g].tau) or 'n/a'} (p = {_cell(by_gap[g].p) or 'n/a'})"
+                                for g in GAPS), by_gap[GAPS[0]].count)
+                 for m, by_gap in taus.items()])
+    if len(rows) < MIN_MODELS:
+        log.warning(f"Kendall's τ over {len(rows)} models is not meaningful (it can take only a "
+                    f"few values); compare at least {MIN_MODELS} models")
     out.parent.mkdir(parents=True, exist_ok=True)
     markdown = write_markdown(rows, taus, out.with_suffix(".md"))
     table = write_csv(rows, out.with_suffix(".csv"))

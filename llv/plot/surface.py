@@ -235,7 +235,9 @@ def draw_1d(ax_loss: Axes, surface: Surface, options: PlotOptions) -> Axes:
     if ax_acc is not ax_loss:
         more = ax_acc.get_legend_handles_labels()
         handles = (handles[0] + more[0], handles[1] + more[1])
-    ax_loss.legend(*handles, loc="best", fontsize="small")
+    # below the axes: inside, a legend of several curves and shadings hides some of them
+    ax_loss.legend(*handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2,
+                   fontsize="small", frameon=False)
     return ax_acc
 
 
@@ -327,7 +329,7 @@ def draw_1d_panel(ax: Axes, surface: Surface, options: PlotOptions) -> Axes:
 def figure_1d(surface: Surface, options: PlotOptions) -> Figure:
     """Loss and accuracy along one direction or an interpolation, on twin axes."""
     require_1d(surface, "1d")
-    figure = new_figure(6.4, 4.4)
+    figure = new_figure(6.4, 4.8)  # room for the legend below the axes
     draw_1d_panel(figure.add_subplot(), surface, options)
     return figure
 
