@@ -22,8 +22,10 @@ demo: setup
 	$(LLV) plot contour outputs/surface/latest/surface.h5 --log
 	@echo "demo: checkpoints in outputs/train/latest/, surface and figures in outputs/surface/latest/"
 
+# The suite, then every docstring example of the package (pytest --doctest-modules llv).
 test: setup
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --doctest-modules llv -p no:cacheprovider
 
 # Including the slow tests (paper presets, long distributed runs).
 test-all: setup

@@ -8,7 +8,7 @@ say what it cost and how far to trust it. The math is in :mod:`llv.curvature`.
 >>> model = torch.nn.Linear(2, 1, bias=False)
 >>> h = Hessian(model, (torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.zeros(2, dtype=torch.long)),
 ...             loss="mse", dtype=torch.float64)
->>> [round(v, 6) for v in h.eigenvalues(which="extremes").values]  # H = diag(1, 4)
+>>> [round(float(v), 6) for v in h.eigenvalues(which="extremes").values]  # H = diag(1, 4)
 [4.0, 1.0]
 """
 
