@@ -149,7 +149,9 @@ def clean_stale_temps(directory: str | os.PathLike, recursive: bool = False) -> 
     """Remove the temporaries that killed llv runs left in ``directory``; return their paths.
 
     Recognizes every naming llv has used (see the module docstring). A temporary whose process
-    is still alive on this machine is kept: it may be a write in progress.
+    is still alive on this machine is kept: it may be a write in progress. Call it while holding
+    the folder's :class:`~llv.runlock.RunLock`: a process on another machine looks dead here, and
+    the lock is what guarantees that none is writing.
 
     Args:
         directory: The run folder; a missing one has nothing to clean.

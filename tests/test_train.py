@@ -311,6 +311,50 @@ def test_an_out_that_is_a_file_is_one_line_and_unchanged(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
+def test_an_out_of_another_command_is_refused_and_unchanged(tmp_path):
+    from llv.config import to_yaml
+    from llv.console import LlvError
+
+    surface_run = tmp_path / "surface_run"
+    surface_run.mkdir()
+    config = to_yaml(compose("surface", [f"outputs={tmp_path / 'outputs'}"]))
+    (surface_run / "config.yaml").write_text(config)
+    for extra in ([], ["train.resume=true"]):
+        with pytest.raises(LlvError, match=r"surface_run holds a `llv surface` run: pass another"):
+            train(compose("train", overrides(surface_run, *extra)))
+    assert (surface_run / "config.yaml").read_text() == config
+    assert sorted(os.listdir(surface_run)) == [".llv.lock", "config.yaml"]
+
+
+def test_ctrl_c_in_process_says_how_to_continue_and_releases_the_lock(tmp_path, monkeypatch,
+                                                                     capsys, caplog):
+    import llv.training
+    from llv.runlock import RunLock
+
+    real_epoch, calls = llv.training.train_epoch, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(llv.training, "train_epoch", interrupted_in_epoch_2)
+    monkeypatch.setattr(sys, "argv", ["llv", "train", *overrides(tmp_path / "run")])
+    with pytest.raises(KeyboardInterrupt):
+        train(compose("train", overrides(tmp_path / "run")))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Ctrl-C stopped training in epoch 2 of 3; the checkpoints up to epoch 1 are saved" \
+        in caplog.text
+    kept = [a for a in overrides(tmp_path / "run") if not a.startswith("out=")]
+    command = shlex.join(["llv", "train", *kept, "train.resume=true", f"out={tmp_path / 'run'}"])
+    assert f"llv: continue with: {command}" in err
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["epoch_000.pt", "epoch_001.pt"]
+    with RunLock(tmp_path / "run", "next run"):  # released: a new writer gets it at once
+        pass
+
+
 def test_a_second_writer_is_refused_before_any_work(tmp_path):
     from test_runlock import start_holder
 

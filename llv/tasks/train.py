@@ -88,6 +88,7 @@ def _train(cfg, epochs: int, save_every: int, stack: contextlib.ExitStack,
     if run_dir is not None:
         _lock(run_dir, stack)
         where.run_dir = run_dir
+        _refuse_other_command(run_dir)
         if not resume:
             _refuse_existing_run(run_dir)
 
@@ -217,6 +218,19 @@ def _lock(run_dir: Path, stack: contextlib.ExitStack) -> None:
     stack.enter_context(RunLock(run_dir))
     for stale in clean_stale_temps(run_dir, recursive=True):
         log.info("removed %s (left by a run that was killed while writing)", stale)
+
+
+def _refuse_other_command(run_dir: Path) -> None:
+    """``out=`` must not be another command's run: its ``config.yaml`` would be overwritten."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # no readable config: nothing of another command's to protect
+    command = saved.get("command") if isinstance(saved, dict) else None
+    if command and command != "train":
+        raise LlvError(f"{run_dir} holds a `llv {command}` run: pass another out= for training")
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
