@@ -80,7 +80,8 @@ def _filled(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def point_arrays(surface: Surface, metric: str, options: PlotOptions) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
     """``(height name, name -> (ny, nx) values, valid mask)`` of a 2-D surface.
 
-    The height comes first; every metric of the file follows (each ensemble metric also as
+    The height comes first; every metric of the file follows, losses then accuracies, train
+    before test (each ensemble metric also as
     ``<name>_se``); ``valid`` is True where the node was computed (``done``) and its height is finite.
     """
     z, _ = height(surface.grid(metric), options)
@@ -88,18 +89,28 @@ def point_arrays(surface: Surface, metric: str, options: PlotOptions) -> tuple[s
     valid = np.asarray(done, dtype=bool).reshape(z.shape) & np.isfinite(z)
     name = f"ln({metric}+0.1)" if options.log else metric
     arrays = {name: z}
-    for other in surface.values:
+    ordered = surface.metrics("loss") + surface.metrics("acc")  # train before test
+    for other in ordered + [n for n in surface.values if n not in ordered]:
         values = surface.grid(other)
-        if np.shape(values) != z.shape or other in arrays:
+        if np.shape(values) != z.shape:
             continue
-        arrays[other] = np.asarray(values, dtype=float)
+        arrays.setdefault(other, np.asarray(values, dtype=float))
         members = surface.members(other)
         if members is not None and len(members) > 1:
-            with np.errstate(all="ignore"):
-                count = np.isfinite(members).sum(axis=0)
-                spread = np.nanstd(members, axis=0, ddof=1) if count.max() > 1 else np.full(z.shape, np.nan)
-                arrays[f"{other}_se"] = spread / np.sqrt(np.maximum(count, 1))
+            arrays[f"{other}_se"] = standard_error(members)
     return name, arrays, valid
+
+
+def standard_error(members: np.ndarray) -> np.ndarray:
+    """Standard error of the mean over an ensemble's members (axis 0), ignoring missing ones.
+
+    >>> standard_error(np.array([[1.0, 2.0], [3.0, 2.0]])).tolist()
+    [1.0, 0.0]
+    """
+    with np.errstate(all="ignore"):
+        count = np.isfinite(members).sum(axis=0)
+        spread = np.nanstd(members, axis=0, ddof=1)
+        return np.where(count > 1, spread / np.sqrt(np.maximum(count, 1)), np.nan)
 
 
 def surface_vtp(surface: Surface, options: PlotOptions, metric: str | None = None) -> str:
