@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llv.batches import Batches, as_batches, split_batch
+from llv.batches import as_batches, split_batch
 from llv.losses import check_loss, per_example_loss
-from llv.params import eval_mode
+from llv.params import ParameterSpace, eval_mode, flatten, unflatten
 
 __all__ = [
     "HVP_METHODS",
@@ -170,9 +170,14 @@ class HessianOperator:
 
     # -- flat vectors <-> named tensors -------------------------------------------------------
 
+    @property
+    def space(self) -> ParameterSpace:
+        """The ``wrt`` tensors as a parameter space (for :func:`llv.params.flatten`)."""
+        return ParameterSpace("wrt", list(self.wrt), list(self._shapes), [True] * len(self.wrt))
+
     def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
         """Concatenate the ``wrt`` tensors of a name -> tensor dict into one flat vector."""
-        return torch.cat([tensors[name].reshape(-1).to(self.dtype) for name in self.wrt])
+        return flatten(self.space, [tensors[name].to(self.dtype) for name in self.wrt])
 
     def unflatten(self, vector: Tensor) -> dict[str, Tensor]:
         """Split a flat vector of length ``n`` into name -> tensor views shaped like ``wrt``."""
@@ -180,8 +185,7 @@ class HessianOperator:
             raise ValueError(
                 f"expected a vector of length {self.n}, got shape {tuple(vector.shape)}"
             )
-        parts = vector.split(self._numels)
-        return {name: p.view(shape) for name, p, shape in zip(self.wrt, parts, self._shapes)}
+        return unflatten(self.space, vector)
 
     # -- the loss and its derivatives ---------------------------------------------------------
 

@@ -36,7 +36,7 @@ import torch
 
 from llv.console import LlvError, log
 from llv.direction import IGNORE, Directions, axis_seed
-from llv.params import ParameterSpace
+from llv.params import ParameterSpace, unflatten
 from llv.storage import trainrun
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -154,10 +154,9 @@ class _PathRows:
 
     def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
         """Tensors aligned with the space's names; zero where the entries were left out."""
-        by_name, start = {}, 0
-        for name, shape in self.kept:
-            by_name[name] = vector[start:start + shape.numel()].reshape(shape).to(torch.float32)
-            start += shape.numel()
+        kept = ParameterSpace(self.space.type, [n for n, _ in self.kept], [s for _, s in self.kept],
+                              [True] * len(self.kept))
+        by_name = {n: t.to(torch.float32) for n, t in unflatten(kept, vector).items()}
         return [by_name.get(name, torch.zeros(shape))
                 for name, shape in zip(self.space.names, self.space.shapes, strict=True)]
 
