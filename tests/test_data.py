@@ -3,10 +3,13 @@ augmentation, synthetic data and the one-line errors users see."""
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import gzip
 import pickle
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -401,6 +404,97 @@ def test_eval_data_is_cached_per_arguments_and_cast_after_normalizing():
     assert isinstance(first, EvalData) and (first.name, first.split) == ("digits", "test")
     sizes = [(x.shape[0], y.shape[0]) for x, y in first.batches(128)]
     assert sizes == [(128, 128), (128, 128), (104, 104)]
+
+
+@pytest.fixture
+def digits_reads(monkeypatch):
+    """Every digits split the files are read into, as weak references (in reading order)."""
+    from llv.data import loading
+
+    reads = []
+    source = loading.SOURCES["digits"]
+
+    def read(cfg, split, files):
+        raw = source.read(cfg, split, files)
+        reads.append(weakref.ref(raw))
+        return raw
+
+    monkeypatch.setitem(loading.SOURCES, "digits", dataclasses.replace(source, read=read))
+    return reads
+
+
+def test_the_stored_split_is_not_kept_beside_the_evaluation_tensors(digits_reads):
+    cfg = dataset_cfg("digits")
+    data = load_eval_data(cfg, "test")
+    gc.collect()
+    assert len(digits_reads) == 1 and digits_reads[0]() is None  # only the tensors remain
+    assert load_eval_data(cfg, "test") is data and len(digits_reads) == 1
+    # another view of the split reads the files again (nothing else held the stored copy)
+    load_eval_data(cfg, "test", dtype=torch.float64)
+    assert len(digits_reads) == 2
+
+
+def test_a_training_split_shares_its_stored_copy_with_evaluation(digits_reads):
+    cfg = dataset_cfg("digits")
+    split = load_split(cfg, "train", augment=True)
+    full = load_eval_data(cfg, "train")
+    subset = load_eval_data(cfg, "train", max_samples=100, seed=1)
+    again = load_split(cfg, "train")
+    assert len(digits_reads) == 1 and digits_reads[0]() is split.raw is again.raw
+    assert torch.equal(subset.inputs, full.inputs[subset.indices])
+    del split, again
+    gc.collect()
+    assert digits_reads[0]() is None  # training is over: the stored copy goes
+    assert load_eval_data(cfg, "train") is full  # the tensors stay cached
+
+
+def test_clear_cache_forgets_tensors_and_rewritten_files_are_read_again(tmp_path):
+    written = write_mnist(tmp_path, "MNIST", counts=(5, 3))
+    cfg = dataset_cfg("mnist", root=str(tmp_path))
+    first = load_eval_data(cfg, "test")
+    clear_cache()
+    assert load_eval_data(cfg, "test") is not first
+    written_again = write_mnist(tmp_path / "other", "MNIST", counts=(5, 4), seed=9)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / "MNIST/raw" / name).write_bytes((tmp_path / "other/MNIST/raw" / name).read_bytes())
+    changed = load_eval_data(cfg, "test")
+    assert len(changed) == 4 and torch.equal(
+        changed.targets, torch.from_numpy(written_again["test"][1].astype(np.int64))
+    )
+    assert len(first) == len(written["test"][1]) == 3
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a source file imports (anywhere in it, lazy imports included)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_the_data_layer_has_no_import_cycle_and_no_configuration():
+    import graphlib
+
+    import llv.data
+
+    package = Path(llv.data.__file__).parent
+    modules = {p.stem: _imports(p) for p in package.glob("*.py") if p.stem != "__init__"}
+    graph = {
+        name: {other for other in modules if other != name and f"llv.data.{other}" in imports}
+        for name, imports in modules.items()
+    }
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError
+    assert order.index("source") < order.index("loading") < order.index("evaluation")
+    assert order.index("cache") < order.index("loading")
+    for name, imports in modules.items():
+        # configuration lives in llv/tasks and llv/config.py; the data layer takes mappings
+        assert not {m.split(".")[0] for m in imports} & {"omegaconf", "hydra"}, name
+        assert not any(m.startswith(("llv.config", "llv.tasks", "llv.session")) for m in imports)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
