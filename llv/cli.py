@@ -357,11 +357,12 @@ _HYDRA_SWEEP_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir")
 _HYDRA_SWEEP_GROUPS = ("hydra/launcher", "hydra/sweeper", "hydra.launcher", "hydra.sweeper")
 
 
-def _parse(overrides: list[str]):
+def _parse(overrides: list[str], config_loader=None):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        return OverridesParser.create().parse_overrides(config._prepare_overrides(overrides))
+        parser = OverridesParser.create(config_loader=config_loader)
+        return parser.parse_overrides(config._prepare_overrides(overrides))
     except Exception as exc:
         raise LlvError(" ".join(str(exc).split())) from None
 
@@ -444,7 +445,7 @@ def print_config(command: str, overrides: list[str], part: str, resolve: bool = 
         raise LlvError(f"--cfg takes {', '.join(CFG_PARTS)}, not '{part}'")
     hydra_overrides = list(hydra_overrides or [])
     search = [o for o in overrides if o.startswith("hydra.searchpath=")]
-    first = (expand_sweep(overrides)[0] + search) if multirun else overrides
+    first = (expand_sweep(overrides, command)[0] + search) if multirun else overrides
     job = config.compose(command, first)
     if part == "job":
         return config.to_yaml(job)
@@ -523,17 +524,27 @@ class SweepJob:
         return {"result": str(result) if result is not None else ""}
 
 
-def expand_sweep(overrides: list[str]) -> list[list[str]]:
+def expand_sweep(overrides: list[str], command: str = "surface") -> list[list[str]]:
     """The jobs of a basic sweep, as Hydra's BasicSweeper makes them: the cartesian product of
-    every ``a,b,c`` / ``range()`` / ``choice()`` value, in Hydra's order.
+    every ``a,b,c`` / ``range()`` / ``choice()`` value (``glob()`` over ``command``'s group
+    options), in Hydra's order.
 
     >>> expand_sweep(["direction.seed=0,1", "norm=filter,layer"])
     [['direction.seed=0', 'norm=filter'], ['direction.seed=0', 'norm=layer'], ['direction.seed=1', 'norm=filter'], ['direction.seed=1', 'norm=layer']]
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
 
-    parsed = [p for p in _parse(overrides) if not p.is_hydra_override()]
-    (jobs,) = BasicSweeper.split_arguments(parsed, None) or [[[]]]
+    loader = _hydra_app(command).config_loader
+    try:
+        parsed = [p for p in _parse(overrides, loader) if not p.is_hydra_override()]
+        (jobs,) = BasicSweeper.split_arguments(parsed, None) or [[[]]]
+    except LlvError:
+        raise
+    except Exception as exc:
+        raise LlvError(" ".join(str(exc).split())) from None
+    finally:
+        GlobalHydra.instance().clear()
     return [list(job) for job in jobs]
 
 
@@ -552,7 +563,7 @@ def run_sweep(command: str, overrides: list[str], hydra_overrides: list[str], qu
         raise LlvError("out= names one run directory; a sweep (-m) writes one per job under "
                        "hydra.sweep.dir=DIR")
     basic = not any(o.startswith(("hydra/sweeper", "hydra.sweeper")) for o in hydra_overrides)
-    jobs = expand_sweep(overrides) if basic else []
+    jobs = expand_sweep(overrides, command) if basic else []
     search = [o for o in overrides if o.startswith("hydra.searchpath=")]
     for job in jobs:  # every job's config is checked before the first one runs
         config.compose(command, job + search)
