@@ -278,6 +278,28 @@ def test_smooth_surface3d_interpolates_through_the_grid_and_says_so(tmp_path):
     assert "interpolated" not in plain.get_title()
 
 
+def test_smooth_maps_draw_the_interpolated_grid_with_the_same_levels(basin_file):
+    surface = load_surface(basin_file)
+    plain = surface_plot.figure_map(surface, "contour", PlotOptions()).axes[0]
+    smooth = surface_plot.figure_map(surface, "contour", PlotOptions(smooth=True)).axes[0]
+    (plain_lines,), (smooth_lines,) = contour_sets(plain), contour_sets(smooth)
+    np.testing.assert_array_equal(plain_lines.levels, smooth_lines.levels)
+    assert smooth.get_title().endswith("interpolated (bicubic, 21×21 → 121×121)")
+    # the smooth lines have many more vertices: rings, not the grid's diamonds
+    level = list(plain_lines.levels).index(0.1)
+    assert (len(smooth_lines.get_paths()[level].vertices)
+            > 3 * len(plain_lines.get_paths()[level].vertices))
+    heat = surface_plot.figure_map(surface, "heatmap", PlotOptions(smooth=True)).axes[0]
+    assert "interpolated" not in heat.get_title()  # a heatmap shows the grid's own cells
+    from test_plot import write_hessian_grid
+
+    from llv.plot import hessian as hessian_plot
+
+    grid = load_surface(write_hessian_grid(basin_file.parent / "hessian.h5"))
+    ratio = hessian_plot.figure_hessian(grid, PlotOptions(smooth=True)).axes[0]
+    assert "interpolated (bicubic, 7×4 → 121×121)" in ratio.get_title()
+
+
 def test_smoothing_keeps_missing_points_missing():
     values = np.ones((6, 6))
     values[2, 3] = np.nan

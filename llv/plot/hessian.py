@@ -26,7 +26,7 @@ from llv.plot._figure import (
     value_range,
 )
 from llv.plot.io import HessianPoint, Surface, load_hessian_point, load_surface
-from llv.plot.surface import draw_map, mark_gaps
+from llv.plot.surface import draw_map, mark_gaps, smoothed, with_note
 
 RATIO_LABEL = "|λmin / λmax|"
 
@@ -65,10 +65,11 @@ def draw_hessian(ax, surface: Surface, options: PlotOptions):
     low, high = value_range(ratio, options)
     heat = draw_map(ax, surface, ratio, "heatmap", np.array([low, high]), options)
     levels = contour_levels(ratio, options, nbins=6)
+    grid, drawn, note = smoothed(surface, ratio, options)
     lines = ax.contour(
-        surface.x,
-        surface.y,
-        np.ma.masked_invalid(ratio),
+        grid.x,
+        grid.y,
+        np.ma.masked_invalid(drawn),
         levels=levels,
         colors="0.15",
         linewidths=0.6,
@@ -76,7 +77,7 @@ def draw_hessian(ax, surface: Surface, options: PlotOptions):
     )
     gaps = mark_gaps(ax, surface, ratio)
     add_colorbar(ax.figure, heat, ax=ax, label=RATIO_LABEL, levels=levels)
-    ax.set_title(f"{RATIO_LABEL} · {title}", fontsize="medium")
+    ax.set_title(with_note(f"{RATIO_LABEL} · {title}", note), fontsize="medium")
     legend = ax.legend(handles=gaps, loc="lower left", fontsize="x-small") if gaps else None
     labels = label_contours(ax, lines, avoid=[legend])
     for text in labels:  # dark text on a light box reads on every colour of the map

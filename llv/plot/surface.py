@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -175,6 +176,24 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
     near_y = np.abs(fine_y[:, None] - y[None, :]).argmin(axis=1)
     fine[missing[np.ix_(near_y, near_x)]] = np.nan
     return fine_x, fine_y, fine
+
+
+def smoothed(surface: Surface, values: np.ndarray, options: PlotOptions):
+    """What a map draws: ``(grid with .x and .y, values, note)``, upsampled by :func:`upsample`
+    with ``smooth`` (the note says so), else the surface's own grid and no note."""
+    if not options.smooth:
+        return surface, values, None
+    fine_x, fine_y, fine = upsample(surface.x, surface.y, values)
+    note = (f"interpolated (bicubic, {len(surface.x)}×{len(surface.y)} → "
+            f"{len(fine_x)}×{len(fine_y)})")
+    return SimpleNamespace(x=fine_x, y=fine_y), fine, note
+
+
+def with_note(title: str, note: str | None) -> str:
+    """``title`` with ``note`` on its notes line (the second), if any."""
+    if not note:
+        return title
+    return title + ("\n" if "\n" not in title else " · ") + note
 
 
 def colour_label(metric: str, options: PlotOptions) -> str:
@@ -404,8 +423,10 @@ def draw_map_panel(ax: Axes, surface: Surface, kind: str, options: PlotOptions,
         low, high = value_range(values, options)
         mappable = draw_map(ax, surface, values, kind, np.array([low, high]), options)
         ticks = nice_levels(low, high, bool(options.log), count=8)
+        note = None  # a heatmap shows the grid's own cells
     else:
-        mappable = draw_map(ax, surface, values, kind, levels, options)
+        grid, drawn, note = smoothed(surface, values, options)
+        mappable = draw_map(ax, grid, drawn, kind, levels, options)
         ticks = levels
     gaps = mark_gaps(ax, surface, values)
     marker = mark_minimum(ax, surface.x, surface.y, values)
@@ -413,7 +434,7 @@ def draw_map_panel(ax: Axes, surface: Surface, kind: str, options: PlotOptions,
                        fontsize="x-small", framealpha=0.85)
     if colorbar:
         add_colorbar(ax.figure, mappable, ax=ax, label=colour_label(metric, options), levels=ticks)
-    ax.set_title(surface_title(surface, metric), fontsize="medium")
+    ax.set_title(with_note(surface_title(surface, metric), note), fontsize="medium")
     if kind == "contour":
         label_contours(ax, mappable, avoid=[marker, legend])
     return ax
@@ -440,12 +461,8 @@ def draw_surface3d(ax, surface: Surface, options: PlotOptions, metric: str | Non
         raise LlvError("'surface3d' draws on 3-D axes: add_subplot(projection='3d')")
     metric = _metric(surface, options, metric)
     options = dataclasses.replace(options, log=bool(options.log))  # no automatic log in 3-D
-    x, y, values = surface.x, surface.y, surface.grid(metric)
-    note = None
-    if options.smooth:
-        nx, ny = len(x), len(y)
-        x, y, values = upsample(x, y, values)
-        note = f"interpolated (bicubic, {nx}×{ny} → {len(x)}×{len(y)})"
+    grid, values, note = smoothed(surface, surface.grid(metric), options)
+    x, y = grid.x, grid.y
     # the whole surface, cut at the height of --vmax below (masked_height would drop the cells
     # that cross it whole, leaving a staircase edge)
     z, z_label = masked_height(values, dataclasses.replace(options, vmax=None))
@@ -486,10 +503,7 @@ def draw_surface3d(ax, surface: Surface, options: PlotOptions, metric: str | Non
     ax.set_zlabel(z_label, labelpad=4)
     ax.view_init(**CAMERA)
     ax.set_box_aspect((1.0, 1.0, 0.7))
-    title = surface_title(surface, metric)
-    if note:
-        title += ("\n" if "\n" not in title else " · ") + note
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(with_note(surface_title(surface, metric), note), fontsize="medium")
     return ax
 
 
