@@ -724,14 +724,23 @@ PLOT_KINDS = ("1d", "contour", "contourf", "heatmap", "surface3d", "vtk", "traje
               "spectrum", "weights", "compare", "sharpness")
 
 
+def _complete_kind(incomplete: str) -> list[str]:
+    return [kind for kind in PLOT_KINDS if kind.startswith(incomplete)]
+
+
 @app.command(help="Draw a figure from stored results: llv plot KIND FILE... (kinds: " + ", ".join(PLOT_KINDS) + ").")
 def plot(
-    kind: str = typer.Argument(..., help="Figure kind: " + ", ".join(PLOT_KINDS)),
+    kind: str = typer.Argument(..., help="Figure kind: " + ", ".join(PLOT_KINDS),
+                               autocompletion=_complete_kind),
     files: list[str] = typer.Argument(..., help="Result files (or train run directories for 'weights')."),
     vmin: float = typer.Option(None, "--vmin", help="Lowest contour level / colour."),
     vmax: float = typer.Option(None, "--vmax", help="Highest contour level / colour."),
     vlevel: float = typer.Option(None, "--vlevel", help="Spacing of contour levels."),
-    log: bool = typer.Option(False, "--log", help="Logarithmic loss axis / colour scale."),
+    log: bool = typer.Option(None, "--log/--linear", show_default=False,
+                             help="Logarithmic or linear loss axis / colour scale (default: log "
+                                  "where the loss spans more than two decades)."),
+    smooth: bool = typer.Option(False, "--smooth", help="surface3d: upsample the grid by cubic "
+                                "interpolation (labelled as interpolated)."),
     out: str = typer.Option(None, "--out", help="Output file (default: next to the first input)."),
     fmt: str = typer.Option("png", "--format", help="png | pdf | svg | html"),
     metric: str = typer.Option(None, "--metric", help="What the height/colour shows, e.g. "
@@ -754,6 +763,8 @@ def plot(
             extra["metric"] = metric
         if plotly != "cdn":
             extra["plotly"] = plotly
+        if smooth:
+            extra["smooth"] = True
         make_plot(kind, files, vmin=vmin, vmax=vmax, vlevel=vlevel, log=log, out=out, fmt=fmt, **extra)
 
 

@@ -61,3 +61,38 @@ def test_wheel_ships_the_config_files(tmp_path):
     for needle in ("llv/conf/surface.yaml", "llv/conf/model/resnet56.yaml", "llv/conf/grid/51x51.yaml",
                    "llv/conf/dataset/digits.yaml", "llv/conf/norm/filter.yaml", "llv/conf/dist/mpi.yaml"):
         assert needle in names
+
+
+def test_top_level_help_offers_version_and_completion():
+    text = llv("--help").stdout
+    for option in ("--version", "--install-completion", "--show-completion"):
+        assert option in text
+
+
+def test_plot_kinds_complete():
+    import os
+
+    env = {**os.environ, "_LLV_COMPLETE": "complete_bash", "COMP_WORDS": "llv plot co", "COMP_CWORD": "2"}
+    result = subprocess.run([sys.executable, "-m", "llv"], capture_output=True, text=True, env=env)
+    assert result.stdout.split() == ["contour", "contourf", "compare"]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], {"log": None}),  # automatic, as the end-of-run figure
+    (["--log"], {"log": True}),
+    (["--linear"], {"log": False}),
+    (["--metric", "test_loss", "--plotly", "inline", "--format", "html"],
+     {"log": None, "metric": "test_loss", "plotly": "inline", "fmt": "html"}),
+])
+def test_plot_options_reach_make_plot(monkeypatch, flags, expected):
+    import llv.plot
+    from llv import cli
+
+    calls = []
+    monkeypatch.setattr(llv.plot, "make_plot", lambda kind, files, **kw: calls.append((kind, files, kw)))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", "contour", "a.h5", *flags])
+    assert exit_info.value.code == 0
+    ((kind, files, kwargs),) = calls
+    assert (kind, files) == ("contour", ["a.h5"])
+    assert {k: kwargs[k] for k in expected} == expected
