@@ -482,7 +482,7 @@ def test_html_is_one_self_contained_file_with_the_data(tmp_path):
         loss = h5["train_loss"][()]
         loss[3, 6] = 4.75
         h5["train_loss"][...] = loss
-    written = make_plot("contourf", [path], fmt="html")
+    written = make_plot("contourf", [path], fmt="html", plotly="inline")
     assert written == [tmp_path / "surface_contourf.html"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["surface.h5", "surface_contourf.html"]
     text = written[0].read_text()
@@ -494,7 +494,7 @@ def test_html_is_one_self_contained_file_with_the_data(tmp_path):
 def test_html_only_for_2d_surface_kinds_and_needs_plotly(tmp_path, monkeypatch):
     path = write_llv_surface(tmp_path / "surface.h5")
     with pytest.raises(LlvError, match="--format html is available for"):
-        make_plot("1d", [path], fmt="html")
+        make_plot("spectrum", [path], fmt="html")
     monkeypatch.setitem(sys.modules, "plotly", None)
     monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
     with pytest.raises(LlvError, match=r"pip install 'llv\[html\]'"):
