@@ -171,6 +171,24 @@ def current_command() -> str:
     return shlex.join(argv)
 
 
+def command_line_overrides(command: str) -> list[str]:
+    """The ``key=value`` overrides this process was started with as ``llv COMMAND ...``.
+
+    Empty when it was not started from the command line for ``command`` (a notebook, a test).
+    For the line that continues a stopped run: these, minus the keys the run replaces.
+    """
+    argv = sys.argv[1:]
+    if command not in argv:
+        return []
+    after = argv[argv.index(command) + 1:]
+    return [a for a in after if "=" in a and not a.startswith("-")]
+
+
+def override_key(override: str) -> str:
+    """``"train.lr"`` for ``"train.lr=0.1"``, ``"+x.y=1"`` and ``"~x.y"``."""
+    return override.lstrip("+~").partition("=")[0]
+
+
 # -------------------------------------------------------------------------------- signals
 
 

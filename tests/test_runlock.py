@@ -147,3 +147,16 @@ def test_held_signals_finish_the_block_then_stop():
             time.sleep(0.2)
             finished.append("second write")
     assert finished == ["write complete", "second write"]
+
+
+def test_command_line_overrides_are_those_after_the_command(monkeypatch):
+    from llv.runlock import command_line_overrides, current_command, override_key
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/llv", "-q", "train", "model=mlp", "-v",
+                                      "train.lr=0.05", "+extra.key=a b", "out=/runs/x"])
+    assert command_line_overrides("train") == ["model=mlp", "train.lr=0.05", "+extra.key=a b",
+                                               "out=/runs/x"]
+    assert command_line_overrides("surface") == []
+    assert [override_key(o) for o in ("+extra.key=a b", "~model.bn", "out=/x")] == \
+        ["extra.key", "model.bn", "out"]
+    assert current_command() == "llv -q train model=mlp -v train.lr=0.05 '+extra.key=a b' out=/runs/x"

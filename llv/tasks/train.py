@@ -304,13 +304,11 @@ def _resume(cfg, run_dir: Path, model, optimizer, scheduler,
 def resume_command(run_dir: Path) -> str:
     """The one-line command that continues ``run_dir``: this process's ``llv train`` overrides
     (when it was started from the command line) with ``train.resume=true out=RUN_DIR``."""
-    argv = sys.argv[1:]
-    overrides = []
-    if "train" in argv:
-        after = argv[argv.index("train") + 1:]
-        overrides = [a for a in after if "=" in a and not a.startswith("-")
-                     and a.lstrip("+~").partition("=")[0] not in ("out", "train.resume")]
-    return shlex.join(["llv", "train", *overrides, "train.resume=true", f"out={run_dir}"])
+    from llv.runlock import command_line_overrides, override_key
+
+    kept = [o for o in command_line_overrides("train")
+            if override_key(o) not in ("out", "train.resume")]
+    return shlex.join(["llv", "train", *kept, "train.resume=true", f"out={run_dir}"])
 
 
 def _report_stop(stop: KeyboardInterrupt, where: _Reached, epochs: int) -> None:
