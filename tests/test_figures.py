@@ -174,8 +174,6 @@ def test_end_of_run_figure_equals_llv_plot_and_the_api(basin_file, tmp_path):
     np.testing.assert_array_equal(imread(str(api)), first)
 
 
-@pytest.mark.xfail(reason="needs llv/cli.py: '--log/--linear' with default None (auto)",
-                   strict=False)
 def test_llv_plot_command_draws_the_end_of_run_figure(basin_file):
     from typer.testing import CliRunner
 
@@ -187,6 +185,12 @@ def test_llv_plot_command_draws_the_end_of_run_figure(basin_file):
     result = CliRunner().invoke(app, ["plot", "contour", str(basin_file)])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(imread(str(end_of_run)), expected)
+    for options, name in ((["--vmax", "10"], "surface_contour_vmax10.png"),
+                          (["--linear"], "surface_contour_linear.png")):
+        result = CliRunner().invoke(app, ["plot", "contour", str(basin_file), *options])
+        assert result.exit_code == 0, result.output
+        assert (basin_file.parent / name).is_file()
+    np.testing.assert_array_equal(imread(str(end_of_run)), expected)  # not replaced
 
 
 def test_llv_plot_never_overwrites_a_figure_of_other_options(basin_file, tmp_path):
