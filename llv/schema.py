@@ -58,33 +58,16 @@ def _show(value: Any) -> str:
 
 
 def _real(value: Any) -> float | None:
-    """``value`` as a float when it is a number (or a string of one), else None; bools are not."""
-    if isinstance(value, bool):
+    """``value`` as a float when it is a number, else None (bools and strings are not numbers:
+    Hydra reads unquoted numbers as numbers, and the engine does not convert every key)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+    return float(value)
 
 
 def _whole(value: Any) -> int | None:
-    """``value`` as an int when it is a whole number (5, 5.0, '5'), else None; bools are not."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    return None
+    """``value`` when it is an int (not a bool, not 5.0: some keys reach the engine unconverted)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Check:
@@ -548,10 +531,10 @@ class Grid:
         nums = [Axis.parse(value[a]).num for a in ("x", "y") if isinstance(value.get(a), str)]
         points = math.prod(nums) if nums else 1
         if points > MAX_GRID_POINTS:
-            shape = "x".join(str(n) for n in reversed(nums))
+            size = f"{nums[0]}x{nums[1]} points (x by y) = {points:,}" if len(nums) == 2 else f"{points:,} points"
             gib = points * _BYTES_PER_POINT / 2**30
-            raise LlvError(f"{path}: a {shape} grid has {points:,} points, its arrays would take about "
-                           f"{gib:,.0f} GiB; expected at most {MAX_GRID_POINTS:,} points")
+            raise LlvError(f"{path}: {size} would need about {gib:,.0f} GiB of arrays; "
+                           f"expected at most {MAX_GRID_POINTS:,} points")
 
 
 PointGrid = variant(Grid, "PointGrid", x=None, y=None)
@@ -596,7 +579,7 @@ class Eval:
                                     "~128k pixels per pass on CPU")
     points_per_batch: int = setting(1, _COUNT, "grid points per vmapped forward pass")
     precision: str = setting("fp32", OneOf(PRECISIONS), "fp32 | fp64 | tf32 | bf16")
-    channels_last: bool = setting(False, Flag(), "channels-last memory format for convolutions")
+    channels_last: bool = setting(False, Flag(), "4-D image batches in channels-last memory format (faster on some GPUs)")
     bn: str = setting("stored", OneOf(BN_MODES), "stored (running statistics as trained) | recompute")
     bn_samples: int = setting(1024, _COUNT, "training images used by bn=recompute")
     chunk_points: int = setting(64, _COUNT, "points per storage write (and per distributed message)")
@@ -822,9 +805,12 @@ def _plain(cfg) -> Any:
         from omegaconf import OmegaConf
     except ImportError:  # pragma: no cover - omegaconf comes with hydra
         return cfg
-    if OmegaConf.is_config(cfg):
+    if not OmegaConf.is_config(cfg):
+        return cfg
+    try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return cfg
+    except Exception as exc:  # OmegaConf raises several types; all mean a bad interpolation
+        raise LlvError(f"config does not resolve: {' '.join(str(exc).split())}") from exc
 
 
 @cache

@@ -77,11 +77,17 @@ BAD = [
     ("surface", ["model=custom", "model.module._target_=null"], "model.module"),
     ("surface", ["dataset=synthetic", "dataset.num_train=0"], "dataset.num_train"),
     ("surface", ["dataset=cifar10", "dataset.crop_padding=-1"], "dataset.crop_padding"),
+    ("surface", ["dataset=text", "dataset.unit=words"], "dataset.unit"),
+    ("surface", ["model=tiny_lm", "dataset=text", "model.num_heads=3"], "model.num_heads"),
     # direction
     ("direction", ["direction.ensemble=0"], "direction.ensemble"),
     ("direction", ["grid.y=-1:1:x"], "grid.y"),
     ("direction", ["dist.backend=nccl"], "dist.backend"),
     ("direction", ["seed=1e20"], "seed"),
+    ("direction", ["seed=4294967296"], "seed"),
+    ("surface", ["eval.max_samples=1e3"], "eval.max_samples"),  # reaches the data loader as is
+    ("surface", ["eval.batch_size='64'"], "eval.batch_size"),
+    ("hessian", ["hessian.tol='1e-3'"], "hessian.tol"),
     # interpolate
     ("interpolate", ["interpolate.recompute_bn=maybe"], "interpolate.recompute_bn"),
     ("interpolate", ["checkpoint2=[a]"], "checkpoint2"),
@@ -116,6 +122,7 @@ BAD = [
     ("train", ["train.nesterov=maybe"], "train.nesterov"),
     ("train", ["eval.batch_size=auto"], "eval.batch_size"),
     ("train", ["seed=abc"], "seed"),
+    ("train", ["dataset=text", "dataset.max_sequences=1"], "dataset.max_sequences"),
     # trajectory
     ("trajectory", ["trajectory.epochs=[a]"], "trajectory.epochs"),
     ("trajectory", ["trajectory.epochs=5"], "trajectory.epochs"),
@@ -163,8 +170,10 @@ def test_the_message_says_what_was_expected_and_what_was_given(override, message
 def test_a_grid_too_large_for_memory_is_refused_with_its_size():
     with pytest.raises(LlvError) as info:
         compose("surface", ["grid.x=-1:1:100000", "grid.y=-1:1:100000"])
-    assert str(info.value) == ("grid: a 100000x100000 grid has 10,000,000,000 points, its arrays would take "
-                               "about 596 GiB; expected at most 100,000,000 points")
+    assert str(info.value) == ("grid: 100000x100000 points (x by y) = 10,000,000,000 would need about 596 GiB "
+                               "of arrays; expected at most 100,000,000 points")
+    with pytest.raises(LlvError, match=r"^grid: 200,000,000 points would need about 12 GiB"):
+        compose("interpolate", ["grid.x=-0.5:1.5:200000000"])
     compose("surface", ["grid.x=-1:1:10000", "grid.y=-1:1:10000"])  # 10^8 points: the limit itself
 
 
@@ -209,15 +218,14 @@ def test_the_cli_refuses_a_wrong_value_with_exit_2_one_line_and_no_files(command
 GOOD = [
     ("surface", {"eval": {"batch_size": "auto", "max_samples": None, "splits": ["train", "test"]}}),
     ("surface", {"eval": {"batch_size": 1, "max_samples": 1, "splits": ["test"]}}),
-    ("surface", {"eval": {"batch_size": "64"}}),  # a quoted number is still a number
     ("surface", {"probe": "strict", "plot": False}),
     ("surface", {"probe": False}),
     ("surface", {"device": "cuda:3"}),  # whether it exists is the task's question
     ("surface", {"device": "mps"}),
     ("surface", {"out": 2024, "name": 7, "checkpoint": "", "dir_file": "a b/ü.h5"}),
     ("surface", {"seed": 0, "stop_after_points": 1}),
-    ("surface", {"seed": 4294967295, "direction": {"seed": 1e3}}),  # 1e3 is the integer 1000
-    ("surface", {"hessian": {"tol": "1e-3", "max_samples": None}}),
+    ("surface", {"seed": 4294967295, "direction": {"seed": 1000}}),
+    ("surface", {"hessian": {"tol": 1e-12, "max_samples": None}, "train": {"lr": 1}}),
     ("surface", {"grid": {"x": "0:0:1", "y": None}}),
     ("surface", {"grid": {"x": "-1e30:1e30:3", "y": None}}),
     ("surface", {"summary": {"eps": 0}}),
