@@ -308,6 +308,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                  **probe_attrs, **dict(attrs or {})}
     run_attrs.setdefault("command", "surface")
     before = flatten(space, space.values(model))
+    if evaluator.variance_floors:
+        run_attrs.update(_floored_range(evaluator, grid, directions.ensemble))
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
     file, stats = run_points(lambda rows: evaluator.evaluate(rows), grid, directions, evaluator.metrics,
                              comm=comm, path=path, resume=resume, attrs=run_attrs, provenance=provenance,
@@ -325,6 +327,21 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             log.info(f"stopped with {int((~file.done).sum())} points to go"
                      + (f": resume with resume={file.path}" if file.path else ""))
     return Surface.of(file.to_surface(), directions)
+
+
+def _floored_range(evaluator: PointEvaluator, grid: GridSpec, ensemble: int) -> dict:
+    """Where BatchNorm running variances were held at their floor (extrapolated statistics)."""
+    from llv.evaluate import floored_points
+
+    rows = coefficient_rows(grid, ensemble, np.arange(grid.num_points * ensemble))
+    hit = floored_points(evaluator.points, evaluator.variance_floors, torch.from_numpy(rows)).numpy()
+    alphas = rows[hit, 0]
+    if hit.any():
+        log.info(f"BatchNorm running variances held at their floor at {int(hit.sum())} point(s), "
+                 f"α in [{alphas.min():g}, {alphas.max():g}] (linear extrapolation would make them ≤ 0)")
+    return {"bn_floored_points": int(hit.sum()),
+            "bn_floored_min": float(alphas.min()) if hit.any() else float("nan"),
+            "bn_floored_max": float(alphas.max()) if hit.any() else float("nan")}
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -45,6 +45,47 @@ class PointMap:
         return unflatten(self.space, flat)
 
 
+#: A moved BatchNorm running variance is kept at or above this share of its smallest value at
+#: the centre and at the tip of every direction (see :func:`variance_floors`).
+VARIANCE_FLOOR = 1e-3
+
+
+def variance_floors(points: PointMap) -> dict[str, torch.Tensor]:
+    """Lower bounds for the BatchNorm running variances a direction moves (``type=states``).
+
+    Interpolating running variances linearly, as the reference does, keeps them positive for
+    α in [0, 1]; extrapolating beyond can drive them to zero or below, and the network's output
+    to NaN. Each variance is therefore kept at or above ``VARIANCE_FLOOR`` × its smallest
+    positive value among θ and θ + d_k (for an interpolation: the smaller of the two models'
+    variances). Where the linear value stays above that floor — everywhere in [0, 1] — nothing
+    changes, and the floor is continuous in α.
+    """
+    floors = {}
+    directions = points.directions
+    for name, tensor in unflatten(points.space, points.theta).items():
+        if not name.endswith("running_var"):
+            continue
+        moved = unflatten(points.space, directions)[name].reshape(len(directions), -1)
+        if not bool((moved != 0).any()):
+            continue
+        ends = torch.cat([tensor.reshape(1, -1), tensor.reshape(1, -1) + moved])
+        smallest = torch.where(ends > 0, ends, torch.full_like(ends, float("inf"))).amin(dim=0)
+        smallest = torch.where(torch.isfinite(smallest), smallest, torch.ones_like(smallest))
+        floors[name] = (VARIANCE_FLOOR * smallest).reshape(tensor.shape)
+    return floors
+
+
+def floored_points(points: PointMap, floors: dict[str, torch.Tensor], coefficients) -> torch.Tensor:
+    """Which rows of ``coefficients`` (k, D) needed a variance floor (bool, k)."""
+    if not floors:
+        return torch.zeros(len(coefficients), dtype=torch.bool)
+    tensors = points.tensors(torch.as_tensor(coefficients))
+    hit = torch.zeros(len(coefficients), dtype=torch.bool, device=points.theta.device)
+    for name, floor in floors.items():
+        hit |= (tensors[name] < floor).reshape(len(coefficients), -1).any(dim=1)
+    return hit.cpu()
+
+
 class PointEvaluator:
     """Evaluates ``loss``, ``acc`` (percent) and ``loss_se`` of each split at grid points.
 
@@ -92,6 +133,7 @@ class PointEvaluator:
         perturbed = set(space.perturbed)
         self.fixed = {n: cast(t) for n, t in state.items() if n not in perturbed}
         self.points = PointMap(space, base, directions, self.device, self.dtype)
+        self.variance_floors = variance_floors(self.points)
         self.theta = self.points.theta
         float_dtype = torch.float64 if precision == "fp64" else None
         self.data = {split: d.cast(float_dtype, channels_last, self.device) for split, d in data.items()}
@@ -116,8 +158,12 @@ class PointEvaluator:
         return names
 
     def point_tensors(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
-        """θ + coefficients @ directions as ``name -> (k, *shape)`` tensors."""
-        return self.points.tensors(coefficients)
+        """θ + coefficients @ directions as ``name -> (k, *shape)`` tensors; BatchNorm running
+        variances kept at or above :func:`variance_floors` (see there)."""
+        tensors = self.points.tensors(coefficients)
+        for name, floor in self.variance_floors.items():
+            tensors[name] = torch.maximum(tensors[name], floor)
+        return tensors
 
     @torch.no_grad()
     def evaluate(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:

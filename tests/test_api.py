@@ -335,3 +335,33 @@ def test_config_lives_only_in_tasks_cli_and_config():
 def test_public_api_is_exported():
     for name in ("surface", "interpolate", "directions", "hessian", "trajectory", "load", "Surface"):
         assert name in llv.__all__ and callable(getattr(llv, name))
+
+
+def test_extrapolated_batchnorm_variances_stay_positive_and_match_the_linear_rule_elsewhere():
+    def net(seed):
+        torch.manual_seed(seed)
+        m = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), nn.Linear(7, 3))
+        with torch.no_grad():
+            m[1].running_mean.uniform_(-0.5, 0.5)
+            m[1].running_var.uniform_(0.1, 3.0)
+        return m
+
+    a, b = net(0), net(1)
+    inputs, targets = torch.randn(60, 5), torch.randint(0, 3, (60,))
+    s = llv.interpolate(a, b, (inputs, targets), alphas=(-3, 4, 15), progress=False)
+    assert np.isfinite(s["train_loss"]).all()
+    assert s.attrs["bn_floored_points"] > 0
+    floor = 1e-3 * torch.minimum(a[1].running_var, b[1].running_var)
+    linear_only = 0
+    for alpha, value in zip(s.x, s["train_loss"]):
+        state = {k: (1 - alpha) * a.state_dict()[k] + alpha * b.state_dict()[k]
+                 if a.state_dict()[k].is_floating_point() else a.state_dict()[k] for k in a.state_dict()}
+        if bool((state["1.running_var"] >= floor).all()):  # the reference's linear rule applies
+            model = copy.deepcopy(a)
+            model.load_state_dict(state)
+            direct = nn.functional.cross_entropy(model.eval()(inputs), targets)
+            assert value == pytest.approx(float(direct), rel=1e-5)
+            linear_only += 1
+        else:
+            assert s.attrs["bn_floored_min"] <= alpha <= s.attrs["bn_floored_max"]
+    assert 0 < linear_only < len(s.x)
