@@ -462,7 +462,8 @@ def label_contours(ax, contours, avoid=(), fontsize: float = 7.0) -> list:
     """
     figure = ax.figure
     figure.draw_without_rendering()
-    renderer = figure.canvas.get_renderer()
+    get_renderer = getattr(figure.canvas, "get_renderer", None)  # Agg; others (pdf) lack it
+    renderer = get_renderer() if get_renderer else figure._get_renderer()
     font = FontProperties(size=fontsize)
     frame = ax.get_window_extent(renderer)
     to_pixels = ax.transData
