@@ -8,7 +8,6 @@ directions add ``explained_variance_ratio_`` (also as a dataset, where the refer
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from llv.errors import LlvError
-from llv.h5 import encode_attr, open_h5, read_attrs
+from llv.h5 import atomic_h5, encode_attr, open_h5, read_attrs
 
 FILE = "directions.h5"
 
@@ -31,25 +30,17 @@ def group_name(axis: int, member: int) -> str:
 
 def write(path: str | Path, axes: Sequence[Sequence[torch.Tensor]], ndim: int, attrs: dict) -> Path:
     """Write ``axes`` ([x0, y0, x1, y1, …], member-major) with root ``attrs``, atomically."""
-    import h5py
-
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for index, axis in enumerate(axes):
-                member, a = divmod(index, ndim)
-                group = f.create_group(group_name(a, member))
-                for i, t in enumerate(axis):
-                    group.create_dataset(str(i), data=t.detach().cpu().numpy())
-            for key, value in attrs.items():
-                f.attrs[key] = encode_attr(value)
-                if key in REFERENCE_DATASETS:
-                    f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise LlvError(f"cannot write direction file {path}: {exc.strerror or exc}") from None
+    with atomic_h5(path, "direction file") as f:
+        for index, axis in enumerate(axes):
+            member, a = divmod(index, ndim)
+            group = f.create_group(group_name(a, member))
+            for i, t in enumerate(axis):
+                group.create_dataset(str(i), data=t.detach().cpu().numpy())
+        for key, value in attrs.items():
+            f.attrs[key] = encode_attr(value)
+            if key in REFERENCE_DATASETS:
+                f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
     return path
 
 

@@ -5,14 +5,13 @@ provenance) as an attribute. Hessian grid maps are surface files (:mod:`llv.stor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llv.errors import LlvError
-from llv.h5 import encode_attr, open_h5, read_attrs
+from llv.h5 import atomic_h5, encode_attr, open_h5, read_attrs
 
 FILE = "hessian.h5"
 ARRAYS = ("eigenvalues", "density_nodes", "density_weights", "density_grid", "density")
@@ -58,24 +57,16 @@ def read(path: str | Path) -> HessianPoint:
 def write(path: str | Path, result: dict, attrs: dict) -> Path:
     """Write a point file atomically: ``result``'s arrays (:data:`ARRAYS`) as datasets, its other
     entries and ``attrs`` as attributes; ``result["seconds"]`` (a dict) as ``seconds_<part>``."""
-    import h5py
-
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name in ARRAYS:
-                if name in result:
-                    f.create_dataset(name, data=np.asarray(result[name], dtype=np.float64))
-            for key, value in result.items():
-                if key not in ARRAYS and key != "seconds":
-                    f.attrs[key] = encode_attr(value)
-            for key, value in (result.get("seconds") or {}).items():
-                f.attrs[f"seconds_{key}"] = value
-            for key, value in attrs.items():
+    with atomic_h5(path, "Hessian file") as f:
+        for name in ARRAYS:
+            if name in result:
+                f.create_dataset(name, data=np.asarray(result[name], dtype=np.float64))
+        for key, value in result.items():
+            if key not in ARRAYS and key != "seconds":
                 f.attrs[key] = encode_attr(value)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise LlvError(f"cannot write {path}: {exc.strerror or exc}") from None
+        for key, value in (result.get("seconds") or {}).items():
+            f.attrs[f"seconds_{key}"] = value
+        for key, value in attrs.items():
+            f.attrs[key] = encode_attr(value)
     return path

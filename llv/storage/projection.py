@@ -7,7 +7,6 @@ without the trailing underscore, as earlier llv files have them).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from llv.errors import LlvError
-from llv.h5 import encode_attr, open_h5, read_attrs
+from llv.h5 import atomic_h5, encode_attr, open_h5, read_attrs
 
 FILE = "projection.h5"
 _WHAT = "an llv projection file (datasets proj_xcoord, proj_ycoord, epochs)"
@@ -43,27 +42,19 @@ class Projection:
 def write(path: str | Path, coordinates: np.ndarray, epochs: Sequence[int], lr_drops,
           explained_variance_ratio, singular_values, center: bool, attrs: Mapping) -> Path:
     """Write a projection file atomically."""
-    import h5py
-
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f["proj_xcoord"] = np.asarray(coordinates)[:, 0]
-            f["proj_ycoord"] = np.asarray(coordinates)[:, 1]
-            f["epochs"] = np.asarray(list(epochs), dtype=np.int64)
-            f["lr_drop_epochs"] = np.asarray(lr_drops, dtype=np.int64)
-            f["explained_variance_ratio_"] = np.asarray(explained_variance_ratio, dtype=np.float64)
-            f["singular_values_"] = np.asarray(singular_values, dtype=np.float64)
-            f.attrs["explained_variance_ratio"] = np.asarray(explained_variance_ratio)
-            f.attrs["singular_values"] = np.asarray(singular_values)
-            f.attrs["center"] = bool(center)
-            for key, value in attrs.items():
-                f.attrs[key] = encode_attr(value)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise LlvError(f"cannot write projection file {path}: {exc.strerror or exc}") from None
+    with atomic_h5(path, "projection file") as f:
+        f["proj_xcoord"] = np.asarray(coordinates)[:, 0]
+        f["proj_ycoord"] = np.asarray(coordinates)[:, 1]
+        f["epochs"] = np.asarray(list(epochs), dtype=np.int64)
+        f["lr_drop_epochs"] = np.asarray(lr_drops, dtype=np.int64)
+        f["explained_variance_ratio_"] = np.asarray(explained_variance_ratio, dtype=np.float64)
+        f["singular_values_"] = np.asarray(singular_values, dtype=np.float64)
+        f.attrs["explained_variance_ratio"] = np.asarray(explained_variance_ratio)
+        f.attrs["singular_values"] = np.asarray(singular_values)
+        f.attrs["center"] = bool(center)
+        for key, value in attrs.items():
+            f.attrs[key] = encode_attr(value)
     return path
 
 

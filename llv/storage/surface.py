@@ -14,17 +14,15 @@ NaN where not computed, and the boolean ``done`` mask of the same shape.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dataclasses import dataclass, field
-
 from llv.errors import LlvError
-from llv.h5 import encode_attr, open_h5, read_attrs
+from llv.h5 import atomic_h5, encode_attr, open_h5, read_attrs
 
 LLV_MARK = "llv_version"
 FILE = "surface.h5"
@@ -292,18 +290,8 @@ class SurfaceFile:
             return False
         if not self._dirty or (not force and time.monotonic() - self._last_flush < self.flush_seconds):
             return False
-        import h5py
-
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with h5py.File(tmp, "w") as f:
-                self._write(f)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise LlvError(f"cannot write {self.path}: {exc.strerror or exc}{_free_space(self.path)}; "
-                           "the previous complete file is kept") from None
+        with atomic_h5(self.path, "result file") as f:
+            self._write(f)
         self._last_flush = time.monotonic()
         self._dirty = False
         return True
@@ -364,16 +352,6 @@ class SurfaceFile:
             if stored is not None and wanted is not None and str(stored) != str(wanted):
                 raise LlvError(f"{where}: its {key.replace('_', ' ')} differs "
                                f"({str(stored)[:16]}… vs this run's {str(wanted)[:16]}…)")
-
-
-def _free_space(path: Path) -> str:
-    import shutil
-
-    try:
-        free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
-    except OSError:
-        return ""
-    return f" ({free / 1024**2:.1f} MiB free there)"
 
 
 def _describe(coordinates: Mapping[str, np.ndarray], shape) -> str:
