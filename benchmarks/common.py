@@ -321,11 +321,102 @@ def cifar_overrides(model: str, num_images: int, extra: Sequence[str] = ()) -> l
     ]
 
 
-def resolve_batch_size(value, device: str = "cpu") -> int:
-    """A batch-size setting as llv resolves it (``auto``: 128 on a CPU, 1024 on a GPU)."""
-    if str(value) == "auto":
-        return 128 if str(device).startswith("cpu") else 1024
-    return int(value)
+def resolve_batch_size(value, device: str = "cpu", example_shape=(3, 32, 32)) -> int:
+    """A batch-size setting as llv resolves it: ``auto`` is :func:`llv.batches.auto_batch_size`
+    (128 for 3×32×32 images on a CPU, 2048 for 8×8, 1024 on a GPU), the library's own rule,
+    so that the benchmarks cannot drift from what a run uses."""
+    from llv.batches import resolve_batch_size as resolve
+
+    return resolve(value, tuple(example_shape), str(device))
+
+
+@dataclass
+class CifarCase:
+    """A network on seeded CIFAR-shaped synthetic data, with directions, a 51×51 grid and llv
+    evaluators of its grid points (built through the library, no configuration)."""
+
+    name: str
+    model: object
+    data: object  # llv.batches.Batches, NCHW
+    space: object
+    base: dict
+    directions: object  # (2, P)
+    grid: object
+    batch_size: int
+    cursor: dict = field(default_factory=lambda: {"next": 0})
+
+    @property
+    def num_params(self) -> int:
+        return self.space.numel
+
+    def bare(self, net=None, channels_last: bool = False) -> None:
+        """One bare eager pass of ``net`` (default: the model) over the data, no_grad."""
+        import torch
+
+        net = net if net is not None else self.model
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        with torch.no_grad():
+            for inputs, _ in self.data:
+                net(inputs.contiguous(memory_format=layout) if channels_last else inputs)
+
+    def evaluator(self, points_per_batch: int = 1, channels_last: bool = False, **options):
+        from llv.evaluate import PointEvaluator
+
+        return PointEvaluator(self.model, self.space, self.base, self.directions,
+                              {"train": self.data}, loss="ce", points_per_batch=points_per_batch,
+                              channels_last=channels_last, **options)
+
+    def points(self, evaluator, k: int = 1) -> Callable[[], dict]:
+        """``run()``: the engine's work for the next ``k`` grid points (rows, evaluate, numpy)."""
+        import numpy as np
+        import torch
+
+        from llv.grid import coefficient_rows
+
+        def run():
+            start = self.cursor["next"]
+            indices = np.arange(start, start + k) % self.grid.num_points
+            self.cursor["next"] = start + k
+            rows = torch.from_numpy(coefficient_rows(self.grid, 1, indices))
+            return {name: v.cpu().numpy() for name, v in evaluator.evaluate(rows).items()}
+
+        return run
+
+
+def cifar_case(model_name: str, num_images: int, batch_size: int | str = "auto", seed: int = 0,
+               bn_statistics: bool = True) -> CifarCase:
+    """``model_name`` (random init; BatchNorm statistics and affine parameters randomized
+    with ``bn_statistics``, so that folding them is not the identity) on ``num_images``
+    seeded 3×32×32 images, 10 classes, batches of ``batch_size``, fp32, CPU."""
+    import torch
+
+    from llv.api import directions
+    from llv.batches import as_batches
+    from llv.grid import GridSpec
+    from llv.models import build_model
+    from llv.params import ParameterSpace
+
+    torch.manual_seed(seed)
+    model = build_model({"name": model_name, "in_channels": 3, "num_classes": 10,
+                         "image_size": 32}).eval()
+    generator = torch.Generator().manual_seed(seed)
+    if bn_statistics:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    n = m.num_features
+                    m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+                    m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+                    m.weight.copy_(1 + 0.1 * torch.randn(n, generator=generator))
+                    m.bias.copy_(0.1 * torch.randn(n, generator=generator))
+    inputs = torch.randn(num_images, 3, 32, 32, generator=generator)
+    targets = torch.randint(0, 10, (num_images,), generator=generator)
+    size = resolve_batch_size(batch_size)
+    space = ParameterSpace.of(model, "weights")
+    base = dict(zip(space.names, space.values(model)))
+    return CifarCase(model_name, model, as_batches((inputs, targets), batch_size=size), space,
+                     base, directions(model, ndim=2, seed=seed).flat(),
+                     GridSpec.of((-1, 1, 51), (-1, 1, 51)), size)
 
 
 def build(overrides: Sequence[str], seed: int = 0):

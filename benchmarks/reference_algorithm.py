@@ -242,7 +242,8 @@ def make_case(
     threads: int = 0,
 ) -> Case:
     """Random-init ``model_name`` on seeded uint8 images; directions saved to an HDF5 file."""
-    from llv import directions as dirs
+    from llv import direction as dirs
+    from llv.batches import as_batches
     from llv.data.evaluation import EvalData
     from llv.data.loading import read_split
     from llv.data.source import normalize
@@ -277,15 +278,16 @@ def make_case(
     directions = dirs.load(dir_file, space, 2).flat()
     base = dict(zip(space.names, values))
 
-    def make_evaluator(batch_size: int = resolve_batch_size(cfg.eval.batch_size)):
+    def make_evaluator(
+        batch_size: int = resolve_batch_size(cfg.eval.batch_size, "cpu", (channels, size, size)),
+    ):
         return PointEvaluator(
             model,
             space,
             base,
             directions,
-            data,
+            {split: as_batches(d, batch_size=batch_size) for split, d in data.items()},
             loss="ce",
-            batch_size=batch_size,
             points_per_batch=1,
         )
 
@@ -402,9 +404,10 @@ def run(quick: bool = False) -> Section:
         "with ToTensor + Normalize per image, batch 128, a `.item()` per batch, a reduce + whole-"
         "array HDF5 rewrite per point; the MPI reduce is a single-process stand-in, and the "
         "loader runs in-process, which spares the reference the start of two worker processes "
-        "per point) against llv's `PointEvaluator` at its defaults (`eval.batch_size=auto`: 128 "
-        "on a CPU, the reference's batch size too; one point per pass). The last speed-up column "
-        "is against llv at batch 1024 (its GPU default): on a CPU that batch is slower per image "
+        "per point) against llv's `PointEvaluator` at its defaults (`eval.batch_size=auto`, "
+        "`llv.batches.auto_batch_size`: 128 for 3×32×32 images on a CPU, the reference's batch "
+        "size too, 2048 for 1×8×8; one point per pass). The last speed-up column is against llv "
+        "at batch 1024 (its GPU default): on a CPU that batch is slower per 32×32 image "
         "(activations out of cache), which is why `auto` picks 128 there. Random-init networks; "
         "seeded synthetic images quantized to uint8, normalized the same way on both sides. "
         "Both sides are checked to give the same loss and accuracy at the same "

@@ -5,7 +5,7 @@ ratio measured side by side in this run, met or missed (by how much, and why).
 
     python benchmarks/run.py                  # the full run (under 15 minutes on 2 cores)
     python benchmarks/run.py --quick          # a smoke run of every benchmark (about a minute)
-    python benchmarks/run.py --only forward,hessian
+    python benchmarks/run.py --only forward,exact,hessian
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name -> module with ``run(quick: bool) -> Section``, in the order of RESULTS.md
 BENCHMARKS = {
     "forward": "benchmarks.forward_pass",
+    "exact": "benchmarks.exact_mode",
     "reference": "benchmarks.reference_algorithm",
     "hessian": "benchmarks.hessian",
     "memory": "benchmarks.memory",

@@ -52,6 +52,7 @@ __all__ = [
     "LayoutChoice",
     "choose_memory_format",
     "compile_forward",
+    "estimate_compile_seconds",
 ]
 
 #: layer type -> the BatchNorm type whose channels are that layer's output channels. Exact
@@ -395,13 +396,24 @@ def choose_memory_format(forward: Callable[[torch.Tensor], object], inputs: torc
 # ---------------------------------------------------------------------- torch.compile
 
 
-#: compile time assumed before compiling, seconds: measured 20–55 s for CIFAR ResNets on the
-#: benchmark CPU (issue 20; the measured value is reported after compiling)
-COMPILE_SECONDS_ESTIMATE = 40.0
-#: compiled ÷ eager time per pass assumed before compiling (0.71–0.74 of a bare pass against
-#: 0.78–0.80 for fold + channels_last in eager mode, issue 20)
-COMPILED_RATIO_ESTIMATE = 0.9
+#: compile time assumed before compiling, seconds per convolution or linear layer and fixed:
+#: measured 29 s for ResNet-20 (22 layers) and 69 s for ResNet-56 (58 layers) on the benchmark
+#: CPU under load (benchmarks/RESULTS.md); the measured value is reported after compiling
+COMPILE_SECONDS_PER_LAYER, COMPILE_SECONDS_FIXED = 1.2, 5.0
+#: compiled ÷ eager time per pass assumed before compiling: 0.71 measured against fold +
+#: channels_last on ResNet-20 and -56 (benchmarks/RESULTS.md), rounded up
+COMPILED_RATIO_ESTIMATE = 0.75
 COMPILE_MODES = ("auto", "on", "off")
+
+
+def estimate_compile_seconds(model: nn.Module) -> float:
+    """Seconds ``torch.compile`` of ``model``'s forward is assumed to take, before compiling.
+
+    >>> estimate_compile_seconds(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)))
+    7.4
+    """
+    layers = sum(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in model.modules())
+    return round(COMPILE_SECONDS_FIXED + COMPILE_SECONDS_PER_LAYER * layers, 1)
 
 
 @dataclass
@@ -418,13 +430,14 @@ class CompileChoice:
 
 
 def compile_forward(forward: Callable, args: tuple, passes: int, mode: str = "auto",
-                    compile_seconds_estimate: float = COMPILE_SECONDS_ESTIMATE,
+                    compile_seconds_estimate: float = 40.0,
                     compiled_ratio_estimate: float = COMPILED_RATIO_ESTIMATE,
                     rtol: float | None = None) -> CompileChoice:
     """``torch.compile(forward)`` when the run's ``passes`` repay the compile time, else eager.
 
     ``auto`` times one eager pass on ``args`` and compiles when ``passes`` × that pass ×
-    (1 − ``compiled_ratio_estimate``) exceeds ``compile_seconds_estimate``; ``on`` always
+    (1 − ``compiled_ratio_estimate``) exceeds ``compile_seconds_estimate`` (for a model:
+    :func:`estimate_compile_seconds`); ``on`` always
     compiles, ``off`` never. A compiled forward is kept only if its first call succeeds (that
     call's wall time is the reported compile time), its output equals eager's to ``rtol``
     (1e-5 relative to the largest output for float32, 1e-10 for float64, 2e-2 for 16-bit),
