@@ -592,21 +592,49 @@ def run_sweep(command: str, overrides: list[str], hydra_overrides: list[str], qu
     return Path(sweep_dir)
 
 
+_POINT_FIGURES = ("lambda_", "trace", "sharpness", "ratio")
+
+
 def job_summary(result: str | None) -> dict[str, float]:
-    """The ``summary_*`` attrs of a result file (numbers only; an absent file gives none)."""
-    if not result or not str(result).endswith(".h5") or not Path(result).is_file():
+    """The key numbers of one job's result: a result file's ``summary_*`` attrs (a Hessian point
+    file, which has none, gives its eigenvalue, trace and sharpness attrs); a train run directory
+    the last row of its ``metrics.csv`` as ``final_*``. Numbers only; nothing for a missing file."""
+    if not result:
+        return {}
+    path = Path(result)
+    if path.is_dir():
+        return _final_metrics(path / "metrics.csv")
+    if path.suffix != ".h5" or not path.is_file():
         return {}
     import h5py
     import numpy as np
 
-    out = {}
-    with h5py.File(result, "r") as handle:
+    numbers = {}
+    with h5py.File(path, "r") as handle:
         for name, value in handle.attrs.items():
-            if name.startswith("summary_") and np.ndim(value) == 0:
-                try:
-                    out[name[len("summary_"):]] = float(value)
-                except (TypeError, ValueError):
-                    continue
+            if np.ndim(value) != 0 or isinstance(value, (str, bytes)):
+                continue
+            try:
+                numbers[name] = float(value)
+            except (TypeError, ValueError):
+                continue
+    summary = {k[len("summary_"):]: v for k, v in numbers.items() if k.startswith("summary_")}
+    return summary or {k: v for k, v in numbers.items() if k.startswith(_POINT_FIGURES)}
+
+
+def _final_metrics(path: Path) -> dict[str, float]:
+    import csv
+
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out = {}
+    for key, value in (rows[-1] if rows else {}).items():
+        try:
+            out[f"final_{key}"] = float(value)
+        except (TypeError, ValueError):
+            continue
     return out
 
 
@@ -618,7 +646,8 @@ def _relative(path: str) -> str:
 
 
 _KEY_SUMMARIES = ("centre_loss", "centre_acc", "min_loss", "curvature_x", "flatness_radius_x",
-                  "lambda_max", "max_eig", "lambda_min", "trace")
+                  "lambda_max", "lambda_min", "trace", "final_train_loss", "final_test_loss",
+                  "final_test_acc")
 
 
 def report_sweep(sweep_dir: Path, returns) -> list[dict]:

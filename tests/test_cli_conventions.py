@@ -275,6 +275,23 @@ def test_a_bad_job_is_refused_before_any_job_runs(tmp_path):
     assert result.returncode == 2 and "hydra.sweep.dir" in result.stderr
 
 
+def test_job_summary_reads_surface_hessian_and_train_results(tmp_path):
+    with h5py.File(tmp_path / "surface.h5", "w") as f:
+        f.attrs.update({"summary_train_centre_loss": 0.25, "summary_train_nan_count": 0,
+                        "lambda_max": 9.0, "llv_version": "0.1.0", "seconds": 3.0})
+    assert cli.job_summary(str(tmp_path / "surface.h5")) == {"train_centre_loss": 0.25, "train_nan_count": 0.0}
+    with h5py.File(tmp_path / "hessian.h5", "w") as f:
+        f.attrs.update({"lambda_max": 9.0, "lambda_min": -0.5, "trace": 20.0, "seconds_lanczos": 1.0,
+                        "world_size": 1, "model": "resnet8"})
+    assert cli.job_summary(str(tmp_path / "hessian.h5")) == {"lambda_max": 9.0, "lambda_min": -0.5, "trace": 20.0}
+    run = tmp_path / "train"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,lr,train_loss,test_acc\n1,0.1,0.9,70\n2,0.01,0.5,80.5\n")
+    assert cli.job_summary(str(run)) == {"final_epoch": 2.0, "final_lr": 0.01, "final_train_loss": 0.5,
+                                         "final_test_acc": 80.5}
+    assert cli.job_summary(str(tmp_path / "absent.h5")) == {} and cli.job_summary("") == {}
+
+
 def submitit_installed() -> bool:
     return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
 
