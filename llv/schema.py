@@ -714,6 +714,8 @@ class Engine(Common):
     loss: str = setting("ce", OneOf(LOSSES), "ce (mean cross-entropy) | mse (on one-hot targets)")
     stop_after_points: int | None = setting(None, Integer(low=1, null=True),
                                             "end the run after this many points (resume later); for time-limited jobs")
+    strict: bool = setting(True, Flag(), "false: evaluate a checkpoint with NaN/inf weights (its points are NaN) "
+                           "instead of refusing it")
     direction: Direction = node(Direction, "the plot directions")
     eval: Eval = node(Eval, "evaluation of grid points")
     hessian: Hessian = node(Hessian, "the Hessian of the training loss")
@@ -732,7 +734,13 @@ class TrainConfig(Common):
     dist: Dist = node(SingleDist, "distributed runs (training runs on one process)")
 
 
-DirectionConfig = variant(Engine, "DirectionConfig", command="direction", dist=SingleDist)
+@dataclass
+class DirectionConfig(variant(Engine, "DirectionBase", command="direction", dist=SingleDist)):
+    """``llv direction`` (conf/direction.yaml)."""
+
+    overwrite: bool = setting(False, Flag(), "true: replace a directions.h5 already in out= (else refused)")
+
+
 SurfaceConfig = variant(Engine, "SurfaceConfig", command="surface")
 
 
