@@ -227,6 +227,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             path: str | Path | None = None, resume: bool = True, comm=None, chunk_points: int = 64,
             stop_after: int | None = None, eps: float = 0.1, attrs: Mapping | None = None,
             probe: str | bool = False, recorded_metrics: Mapping | None = None,
+            fold: bool = True, compile: str = "auto",
             coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> Surface | None:
     """The loss (and accuracy) surface f(α, β) = L(θ + αδ + βη) around ``model``'s parameters.
 
@@ -251,6 +252,11 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             rank 0 gets the result, the others None).
         stop_after: stop after this many points (a later call with the same ``path`` resumes).
         probe: ``False``, ``True`` or ``"strict"``: pre-flight checks of the picture.
+        fold: fold BatchNorm into the layer before it at every point (exact in eval mode;
+            :mod:`llv.fold` says which pairs and why others are not).
+        compile: ``auto`` compiles the one-point forward with ``torch.compile`` when the grid
+            has enough passes to repay the compile time (reported as ``compile_seconds``),
+            ``on``/``off`` force it.
 
     Returns:
         :class:`llv.results.Surface` (on rank 0).
@@ -290,7 +296,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     evaluator = PointEvaluator(model, space, _model_values(model, space, device), directions.flat(),
                                splits, loss=loss, points_per_batch=int(points_per_batch),
                                precision=precision, channels_last=channels_last, bn_data=bn_batches,
-                               accuracy=accuracy, device=device)
+                               accuracy=accuracy, device=device, fold=fold, compile=compile,
+                               expected_points=grid.num_points * directions.ensemble)
     probe_attrs = {}
     if probe and str(probe).lower() not in ("false", "0", "off", "none"):
         from llv.probe import run_probe
@@ -305,7 +312,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                  "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "callable"),
                  "ensemble": directions.ensemble, "splits": ",".join(splits), "bn": bn,
                  "llv_version": __version__, "seconds": 0.0, "precision": precision,
-                 **probe_attrs, **dict(attrs or {})}
+                 "bn_folded": len(evaluator.folded.folded_pairs) if evaluator.folded else 0,
+                 **_compile_attrs(evaluator.compile), **probe_attrs, **dict(attrs or {})}
     run_attrs.setdefault("command", "surface")
     before = flatten(space, space.values(model))
     if evaluator.variance_floors:
@@ -327,6 +335,21 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             log.info(f"stopped with {int((~file.done).sum())} points to go"
                      + (f": resume with resume={file.path}" if file.path else ""))
     return Surface.of(file.to_surface(), directions)
+
+
+def _compile_attrs(choice) -> dict:
+    if choice is None:
+        return {"compiled": False}
+    if progress_allowed():
+        log.info(f"compile: {choice.reason}")
+    return {"compiled": bool(choice.compiled), "compile_seconds": float(choice.compile_seconds),
+            "compile_reason": choice.reason}
+
+
+def progress_allowed() -> bool:
+    from llv.console import shows_output
+
+    return shows_output()
 
 
 def _floored_range(evaluator: PointEvaluator, grid: GridSpec, ensemble: int) -> dict:

@@ -111,7 +111,8 @@ class PointEvaluator:
     def __init__(self, model: nn.Module, space: ParameterSpace, base: Mapping[str, torch.Tensor],
                  directions: torch.Tensor, data: Mapping[str, Batches], loss="ce",
                  points_per_batch: int = 1, precision: str = "fp32", channels_last: bool = False,
-                 bn_data: Batches | None = None, accuracy=None, device=None):
+                 bn_data: Batches | None = None, accuracy=None, device=None, fold: bool = True,
+                 compile: str = "off", expected_points: int = 0):
         if precision not in PRECISIONS:
             raise LlvError(f"unknown eval.precision '{precision}'; valid: {', '.join(PRECISIONS)}")
         check_loss(loss)
@@ -145,9 +146,45 @@ class PointEvaluator:
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)
                            for b in ("running_mean", "running_var", "num_batches_tracked")
                            if getattr(m, b, None) is not None]
-        self._forward_one = lambda params, args, kwargs: functional_call(
-            self.model, {**self.fixed, **params}, args, kwargs)
-        self._forward_many = vmap(self._forward_one, in_dims=(0, None, None))
+        self.folded = None
+        if fold and self.bn_modules:
+            from llv.fold import FoldedForward
+
+            self.folded = FoldedForward(model)
+            example_args, example_kwargs, _ = split_batch(next(iter(next(iter(self.data.values())))))
+            centre = {n: t[0] for n, t in self.point_tensors(torch.zeros(1, len(directions))).items()}
+            with torch.no_grad(), self._autocast():  # the first call proves the shape-dependent
+                self.folded({**self.fixed, **centre}, *example_args, **example_kwargs)  # pairs
+        self._forward_one = self._forward
+        self._forward_many = vmap(self._forward, in_dims=(0, None, None))
+        self.compile = self._choose_compile(compile, expected_points)
+
+    def _forward(self, params, args, kwargs):
+        """The model at one point (``params`` over the perturbed names), BatchNorm folded."""
+        state = {**self.fixed, **params}
+        if self.folded is not None:
+            return self.folded(state, *args, **kwargs)
+        return functional_call(self.model, state, args, kwargs)
+
+    def _choose_compile(self, mode: str, expected_points: int):
+        """``compile=auto|on``: torch.compile the one-point forward when the run repays it."""
+        from llv.fold import compile_forward
+
+        if mode == "off" or self.points_per_batch > 1 or self.bn_data or callable(self.loss):
+            return None
+        first = next(iter(next(iter(self.data.values()))))
+        args, kwargs, _ = split_batch(first)
+        if kwargs or len(args) != 1:
+            return None
+        passes = max(int(expected_points), 1) * sum(len(d) for d in self.data.values())
+        centre = {n: t[0] for n, t in self.point_tensors(torch.zeros(1, self.points.directions.shape[0])).items()}
+        with eval_mode(self.model), precision_flags(self.precision, self.device), self._autocast():
+            choice = compile_forward(lambda params, x: self._forward(params, (x,), {}), (centre, args[0]),
+                                     passes, mode)
+        if choice.compiled:
+            compiled = choice.forward
+            self._forward_one = lambda params, args, kwargs: compiled(params, *args)
+        return choice
 
     @property
     def metrics(self) -> list[str]:

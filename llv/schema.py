@@ -62,7 +62,10 @@ def _real(value: Any) -> float | None:
     Hydra reads unquoted numbers as numbers, and the engine does not convert every key)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range is no finite number either
+        return math.inf
 
 
 def _whole(value: Any) -> int | None:
@@ -583,6 +586,9 @@ class Eval:
     bn: str = setting("stored", OneOf(BN_MODES), "stored (running statistics as trained) | recompute")
     bn_samples: int = setting(1024, _COUNT, "training images used by bn=recompute")
     chunk_points: int = setting(64, _COUNT, "points per storage write (and per distributed message)")
+    fold: bool = setting(True, Flag(), "fold BatchNorm into the conv/linear before it at every point (exact)")
+    compile: str = setting("auto", OneOf(("auto", "on", "off")),
+                           "torch.compile the per-point forward: auto (when the grid repays it) | on | off")
 
 
 @dataclass

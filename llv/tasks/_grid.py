@@ -50,6 +50,34 @@ def make_directions(session: Session, space: ParameterSpace, ndim: int) -> dirs.
     raise LlvError(f"unknown direction.kind '{kind}'; valid: random, target, pca, hessian, file")
 
 
+def check_inputs(cfg, run_dir: Path | None = None) -> None:
+    """What a grid run reads besides the checkpoint (``dir_file``, a target checkpoint) and its
+    grid, checked before anything is built or read (a ``prepare`` of the session)."""
+    from llv.tasks.session import check_file
+
+    if GridSpec.from_cfg(cfg.grid).ndim == 0 and str(cfg.command) != "hessian":
+        raise LlvError(f"llv {cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
+    if cfg.get("dir_file"):
+        check_file(cfg.dir_file, "dir_file")
+        return
+    check_direction_target(cfg)
+
+
+def check_direction_target(cfg) -> None:
+    """``direction.kind`` can be made here: a target checkpoint that exists, no kind that needs a file."""
+    from llv.tasks.session import check_file
+
+    kind = str(cfg.direction.kind)
+    if kind == "target":
+        target = cfg.direction.get("target") or cfg.get("checkpoint2")
+        if not target:
+            raise LlvError("direction.kind=target needs direction.target=PATH (a second checkpoint)")
+        check_file(target, "direction.target")
+    elif kind in ("file", "pca"):
+        raise LlvError(f"direction.kind={kind} reads dir_file=PATH"
+                       + (" (made by llv trajectory)" if kind == "pca" else ""))
+
+
 def _state_of(session: Session, checkpoint) -> dict:
     from llv.checkpoint import load_into
     from llv.models import build_model
@@ -80,6 +108,10 @@ def obtain_directions(session: Session, space: ParameterSpace, ndim: int, existi
             path = session.run_dir / path
         return dirs.load(path, space, ndim), path
     path = session.run_dir / DIRECTION_FILE
+    if path.is_file():  # this run's own, from before a stop (the session checked it is)
+        log.info(f"reusing {path}")
+        return dirs.load(path, space, ndim), path
+    session.comm.barrier()  # every rank has looked before rank 0 writes
     if session.is_root:
         made = make_directions(session, space, ndim)
         made.save(path, {"checkpoint": str(session.checkpoint),
@@ -133,6 +165,7 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         bn_data=bn_data, device=session.device, type=space.type,
         points_per_batch=int(e.points_per_batch), precision=str(e.precision),
         channels_last=bool(e.get("channels_last", False)), path=session.run_dir / filename,
+        fold=bool(e.get("fold", True)), compile=str(e.get("compile", "auto")),
         resume=session.existing is not None, comm=session.comm, chunk_points=int(e.chunk_points),
         stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
         attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},
