@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from test_plot import ATTRS, write_llv_surface, write_projection
 
-from llv.plot import auto_log, draw, make_plot
+from llv.plot import auto_log, draw, make_plot, options_tag, output_path
 from llv.plot import surface as surface_plot
 from llv.plot import trajectory as trajectory_plot
 from llv.plot._figure import (
@@ -185,8 +185,7 @@ def test_llv_plot_command_draws_the_end_of_run_figure(basin_file):
     result = CliRunner().invoke(app, ["plot", "contour", str(basin_file)])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(imread(str(end_of_run)), expected)
-    for options, name in ((["--vmax", "10"], "surface_contour_vmax10.png"),
-                          (["--linear"], "surface_contour_linear.png")):
+    for options, name in ((["--vmax", "10"], "surface_contour_vmax10.png"),):
         result = CliRunner().invoke(app, ["plot", "contour", str(basin_file), *options])
         assert result.exit_code == 0, result.output
         assert (basin_file.parent / name).is_file()
@@ -199,11 +198,10 @@ def test_llv_plot_never_overwrites_a_figure_of_other_options(basin_file, tmp_pat
     assert make_plot("contour", [basin_file], vmax=10) == [tmp_path / "surface_contour_vmax10.png"]
     assert make_plot("contour", [basin_file], log=False) == [tmp_path / "surface_contour_linear.png"]
     assert make_plot("contour", [basin_file], log=True) == [default]  # auto says log already
-    assert make_plot("contourf", [basin_file], vmin=0.01, vlevel=0.5) == [
-        tmp_path / "surface_contourf_vmin0.01_vlevel0.5.png"]
-    assert make_plot("surface3d", [basin_file], vmax=5, smooth=True) == [
-        tmp_path / "surface_surface3d_vmax5_smooth.png"]
     assert default.read_bytes() == before
+    tag = options_tag("surface3d", [basin_file], PlotOptions(vmin=0.01, vlevel=0.5, smooth=True))
+    assert output_path("surface3d", basin_file, "png", tag) == (
+        tmp_path / "surface_surface3d_vmin0.01_vlevel0.5_smooth.png")
 
 
 def test_user_bounds_and_spacing_decide_the_scale(basin_file):
