@@ -384,10 +384,10 @@ class CifarCase:
 
 
 def cifar_case(model_name: str, num_images: int, batch_size: int | str = "auto", seed: int = 0,
-               bn_statistics: bool = True) -> CifarCase:
+               bn_statistics: bool = True, device: str = "cpu") -> CifarCase:
     """``model_name`` (random init; BatchNorm statistics and affine parameters randomized
     with ``bn_statistics``, so that folding them is not the identity) on ``num_images``
-    seeded 3×32×32 images, 10 classes, batches of ``batch_size``, fp32, CPU."""
+    seeded 3×32×32 images, 10 classes, batches of ``batch_size``, fp32, on ``device``."""
     import torch
 
     from llv.api import directions
@@ -411,10 +411,12 @@ def cifar_case(model_name: str, num_images: int, batch_size: int | str = "auto",
                     m.bias.copy_(0.1 * torch.randn(n, generator=generator))
     inputs = torch.randn(num_images, 3, 32, 32, generator=generator)
     targets = torch.randint(0, 10, (num_images,), generator=generator)
-    size = resolve_batch_size(batch_size)
+    size = resolve_batch_size(batch_size, device)
+    model = model.to(device)
     space = ParameterSpace.of(model, "weights")
     base = dict(zip(space.names, space.values(model)))
-    return CifarCase(model_name, model, as_batches((inputs, targets), batch_size=size), space,
+    data = as_batches((inputs, targets), batch_size=size, device=device)
+    return CifarCase(model_name, model, data, space,
                      base, directions(model, ndim=2, seed=seed).flat(),
                      GridSpec.of((-1, 1, 51), (-1, 1, 51)), size)
 

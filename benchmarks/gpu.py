@@ -18,10 +18,8 @@ from benchmarks.common import (
     Section,
     Side,
     Target,
-    build,
-    cifar_overrides,
+    cifar_case,
     median,
-    resolve_batch_size,
     side_by_side,
     table,
 )
@@ -48,52 +46,28 @@ def measure(
     batched: tuple[int, ...] = (4,),
 ) -> list[dict]:
     """Per-point seconds and ratio to a bare pass for each (precision, channels_last, ppb)."""
-    import numpy as np
+    from benchmarks.exact_mode import install
+    from llv.evaluate import precision_flags
+    from llv.fold import FoldedForward
 
-    from llv import directions as dirs
-    from llv.config import GridSpec
-    from llv.data import load_eval_data
-    from llv.evaluate import PointEvaluator, configure_precision
-    from llv.params import ParameterSpace
-    from llv.surface import coefficient_rows
-
-    cfg, model = build(cifar_overrides("resnet56", images, ["grid=51x51", f"device={device}"]))
+    case = cifar_case("resnet56", images, device=device)
     device = torch.device(device)
-    model = model.to(device)
-    data = load_eval_data(cfg.dataset, "train", device=device)
-    space = ParameterSpace.of(model, "weights")
-    values = space.values(model)
-    directions = dirs.make_random(space, values, 2, seed=0, norm="filter").flat()
-    base = dict(zip(space.names, values))
-    grid = GridSpec.from_cfg(cfg.grid)
-    batch_size = resolve_batch_size(cfg.eval.batch_size, str(device))
-    cursor = {"next": 0}
+    model, batch_size = case.model, case.batch_size
+    inputs = [x for x, _ in case.data]
+    folded = FoldedForward(model)
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def one(precision, channels_last, ppb):
+    def one(precision, channels_last, ppb, fold=False):
         count = max(points, ppb)
-        configure_precision(precision, device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         net = model.to(memory_format=layout)
-        batches = [
-            data.inputs[i : i + batch_size].contiguous(memory_format=layout)
-            for i in range(0, len(data), batch_size)
-        ]
-        evaluator = PointEvaluator(
-            net,
-            space,
-            base,
-            directions,
-            {"train": data},
-            loss="ce",
-            batch_size=batch_size,
-            points_per_batch=ppb,
-            precision=precision,
-            channels_last=channels_last,
-        )
+        batches = [x.contiguous(memory_format=layout) for x in inputs]
+        evaluator = case.evaluator(ppb, channels_last, precision=precision)
+        if fold:
+            install(evaluator, folded)
         autocast = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
             if precision == "bf16"
@@ -101,23 +75,24 @@ def measure(
         )
 
         def bare():
-            with torch.no_grad(), autocast():
+            with torch.no_grad(), autocast(), precision_flags(precision, device):
                 for x in batches:
                     net(x)
             sync()
 
+        run_points = case.points(evaluator, count)
+
         def llv_points():
-            start = cursor["next"]
-            indices = np.arange(start, start + count) % grid.num_points
-            cursor["next"] = start + count
-            rows = torch.from_numpy(coefficient_rows(grid, grid.ndim, 1, indices))
-            return {k: v.cpu().numpy() for k, v in evaluator.evaluate(rows).items()}
+            values = run_points()
+            sync()
+            return values
 
         result = side_by_side(Side("bare", bare), [Side("llv", llv_points, count)], repeats)
         return {
             "precision": precision,
             "channels_last": channels_last,
             "ppb": ppb,
+            "fold": fold,
             "batch": batch_size,
             "ratio": median(result["llv"]["wall"]),
             "seconds": median(result["llv"]["wall_seconds"]),
@@ -127,7 +102,7 @@ def measure(
     rows = [one(p, c, 1) for p, c in settings]
     best = min(rows, key=lambda r: r["seconds"])
     rows += [one(best["precision"], best["channels_last"], k) for k in batched]
-    configure_precision("fp32", device)
+    rows.append(one(best["precision"], best["channels_last"], 1, fold=True))
     return rows
 
 
@@ -157,7 +132,8 @@ def run(quick: bool = False, device: str | None = None) -> Section:
             section.targets.append(
                 Target(
                     f"GPU point ÷ bare forward, {r['precision']}"
-                    + (", channels_last" if r["channels_last"] else ""),
+                    + (", channels_last" if r["channels_last"] else "")
+                    + (", BN folded" if r["fold"] else ""),
                     r["ratio"],
                     "max",
                     1.05,
@@ -167,7 +143,7 @@ def run(quick: bool = False, device: str | None = None) -> Section:
     section.targets.append(
         Target(
             f"GPU 51×51 grid, projected minutes at the best setting ({best['precision']}, "
-            f"channels_last={best['channels_last']}, ppb={best['ppb']})",
+            f"channels_last={best['channels_last']}, ppb={best['ppb']}, fold={best['fold']})",
             best["seconds"] * GRID_POINTS / 60,
             "info",
             unit=" min",
@@ -183,6 +159,7 @@ def run(quick: bool = False, device: str | None = None) -> Section:
                 "precision",
                 "channels_last",
                 "ppb",
+                "BN folded",
                 "bare pass (s)",
                 "point (s)",
                 "point ÷ bare",
@@ -193,6 +170,7 @@ def run(quick: bool = False, device: str | None = None) -> Section:
                     r["precision"],
                     r["channels_last"],
                     r["ppb"],
+                    r["fold"],
                     f"{r['bare']:.3f}",
                     f"{r['seconds']:.3f}",
                     f"{r['ratio']:.2f}",

@@ -153,7 +153,7 @@ def child(payload: str) -> None:
     from llv.config import compose
     from llv.console import configure
     from llv.evaluate import PointEvaluator
-    from llv.session import Session
+    from llv.tasks.session import Session
 
     torch.set_num_threads(int(spec["threads"]))
     configure(quiet=True)
