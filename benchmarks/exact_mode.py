@@ -10,8 +10,8 @@ pass (``model(x)``, eval mode, ``no_grad``, NCHW):
 - ``channels_last``: the evaluator's ``channels_last`` inputs;
 - ``fold + channels_last``;
 - ``compiled``: fold + channels_last with the per-point forward compiled by ``torch.compile``
-  (:func:`llv.fold.compile_forward`), in steady state; the compile time is reported apart, with
-  the number of points that repays it.
+  (:func:`llv.fold.compile_forward`), in steady state; the compile time (cold: a fresh inductor
+  cache) is reported apart, with the number of points that repays it.
 
 Values first: every option's losses at three grid points (corner, centre, far corner) equal the
 plain evaluator's to 1e-5 relative to the largest loss before anything is timed, and a call
@@ -25,6 +25,8 @@ folding is not the identity), seeded CIFAR-shaped images, batches of llv's CPU d
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections import Counter
 
@@ -90,6 +92,20 @@ def relative_difference(values, reference) -> float:
 
 
 def run(quick: bool = False) -> Section:
+    """The section; compiles start cold (a fresh inductor cache), as a user's first run does."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="llv-bench-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            return measure(quick)
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def measure(quick: bool) -> Section:
     import numpy as np
     import torch
     from torch._dynamo.utils import counters
