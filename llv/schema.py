@@ -695,7 +695,7 @@ class Trajectory:
 class Common:
     """Keys shared by every compute subcommand (conf/common.yaml)."""
 
-    command: str = setting("", PathText(null=False), "the subcommand (set by llv)")
+    command: str = setting("", Pattern(r"[a-z]+", "the subcommand's name"), "the subcommand (set by llv)")
     name: str | None = setting(None, PathText(), "suffix of the run directory: outputs/<command>/<timestamp>_<name>")
     out: str | None = setting(None, PathText(), "explicit run directory (replaces outputs/<command>/<timestamp>)")
     outputs: str = setting("outputs", PathText(), "root of all run directories")
@@ -884,7 +884,8 @@ def describe(command: str, model: str | None = None, dataset: str | None = None)
                 "dataset": dataset_family({"name": dataset}) if dataset else None}
     rows: list[tuple[str, Any, str]] = []
     _describe(CONFIGS[command], "", rows, families)
-    return rows
+    chosen = {"model.name": model, "dataset.name": dataset}
+    return [(key, chosen.get(key) or default, doc) for key, default, doc in rows]
 
 
 def _describe(cls: type, prefix: str, rows: list, families: dict) -> None:

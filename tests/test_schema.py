@@ -116,6 +116,7 @@ BAD = [
     ("train", ["train.optimizer=rmsprop"], "train.optimizer"),
     ("train", ["train.momentum=1.5"], "train.momentum"),
     ("train", ["train.weight_decay=nan"], "train.weight_decay"),
+    ("train", ["train.lr=1" + "0" * 400], "train.lr"),
     ("train", ["train.milestones=[a]"], "train.milestones"),
     ("train", ["train.optimizer=sam", "train.sam.rho=inf"], "train.sam.rho"),
     ("train", ["train.sam.base=rmsprop"], "train.sam.base"),
@@ -330,6 +331,7 @@ def test_every_key_has_a_one_line_doc_for_help():
             assert doc and "\n" not in doc and len(doc) <= 110, (command, key, doc)
     mlp = dict((k, d) for k, d, _ in schema.describe("surface", model="mlp", dataset="synthetic"))
     assert mlp["model.hidden"] == [64, 64] and "dataset.num_train" in mlp and "dataset.split_seed" not in mlp
+    assert mlp["model.name"] == "mlp" and mlp["dataset.name"] == "synthetic"
     surface = {k: d for k, d, _ in schema.describe("surface")}
     assert surface["eval.batch_size"] == "auto" and surface["grid.x"] == "-1:1:21"
     assert {k: d for k, d, _ in schema.describe("interpolate")}["direction.kind"] == "target"
@@ -374,3 +376,11 @@ def test_every_preset_validates_for_each_of_its_commands():
     for preset in PRESETS:
         for command in _commands_of(preset):
             compose(command, [f"experiment={preset}"])
+
+
+def test_composing_and_validating_import_no_torch():
+    """Checks run before anything heavy: no torch, so a wrong value is refused in a second."""
+    code = ("import sys; from llv.config import compose; from llv import schema; compose('surface'); "
+            "schema.describe('hessian'); print(sorted(m for m in ('torch', 'h5py', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
