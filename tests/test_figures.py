@@ -224,6 +224,12 @@ def test_trajectory_and_1d_follow_the_automatic_log_scale(tmp_path):
     line = write_llv_surface(tmp_path / "line.h5", x=X21, y=None, fn=lambda x, y: 0.001 + 30 * x**2)
     ax = surface_plot.figure_1d(load_surface(line), PlotOptions()).axes[0]
     assert ax.get_yscale() == "log"
+    # the scale follows the training loss (as the end-of-run figure decides), not the test loss
+    with h5py.File(line, "a") as h5:
+        h5["train_loss"][...] = 1.0 + X21**2
+        h5["test_loss"][...] = 0.001 + 30 * X21**2
+    ax = surface_plot.figure_1d(load_surface(line), PlotOptions()).axes[0]
+    assert ax.get_yscale() == "linear"
 
 
 # ------------------------------------------------------------------------------ 3-D

@@ -92,8 +92,8 @@ def draw(
 
 def plotted_values(kind: str, paths: list[Path], options: PlotOptions) -> np.ndarray:
     """The values whose span decides the automatic log scale of ``kind`` drawn from ``paths``:
-    the 2-D kinds' metric, every loss of a 1-D result, all panels of ``compare``, the surface
-    under a trajectory (none without one)."""
+    the metric drawn (the first loss, training before test, by default), over all panels of
+    ``compare``, of the surface under a trajectory (none without one)."""
     if kind == "trajectory":
         projection = load_projection(paths[0])
         source = paths[1] if len(paths) > 1 else projection.surface_file
@@ -103,8 +103,9 @@ def plotted_values(kind: str, paths: list[Path], options: PlotOptions) -> np.nda
     arrays = []
     for path in paths if kind in ("compare", "trajectory") else paths[:1]:
         result = load_surface(path)
-        if kind == "1d" or (kind == "compare" and not result.is_2d):
-            arrays += [result.grid(m) for m in result.metrics("loss")]
+        if not result.is_2d:  # 1d and compare of 1-D results: the first loss
+            if result.metrics("loss"):
+                arrays.append(result.grid(result.default_metric()))
         else:
             arrays.append(result.grid(options.metric or result.default_metric()))
     return finite_values(*arrays) if arrays else np.zeros(0)

@@ -221,7 +221,8 @@ def draw_1d(ax_loss: Axes, surface: Surface, options: PlotOptions) -> Axes:
     if not losses and not accuracies:
         raise LlvError(f"{surface.path} has no loss or accuracy to plot")
     x = surface.x
-    options = resolve_log(options, finite_values(*(surface.grid(m) for m in losses)))
+    # the scale follows the first loss (training before test), as on the 2-D kinds
+    options = resolve_log(options, surface.grid(losses[0]) if losses else np.zeros(0))
     for metric in losses:
         _draw_curve(ax_loss, x, surface, metric, _LOSS_COLOR)
     ax_acc = ax_loss.twinx() if accuracies else ax_loss
@@ -598,7 +599,8 @@ def _compare_1d(surfaces: list[Surface], options: PlotOptions) -> Figure:
     figure = new_figure(4.2 * count + 0.6, 3.9)
     axes = figure.subplots(1, count, squeeze=False, sharey=True)[0]
     losses = finite_values(*(s.values[m] for s in surfaces for m in s.metrics("loss")))
-    options = resolve_log(options, losses)
+    options = resolve_log(options, finite_values(*(s.grid(s.default_metric()) for s in surfaces
+                                                   if s.metrics("loss"))))
     suptitle, panel_titles = shared_titles(surfaces)
     for ax, surface, title in zip(axes, surfaces, panel_titles, strict=True):
         draw_1d(ax, surface, options)
