@@ -136,7 +136,8 @@ class FoldedForward:
 
     @property
     def folded_pairs(self) -> list[FoldedPair]:
-        return [f.pair for f in self._folds]
+        """The folded pairs (a Linear or Conv1d pair counts once the first call has proved it)."""
+        return [f.pair for f in self._folds if not f.rank_to_check]
 
     def __call__(self, state: Mapping[str, torch.Tensor], *args, **kwargs):
         if any(f.rank_to_check for f in self._folds):
@@ -177,7 +178,7 @@ class FoldedForward:
 
     def explain(self) -> str:
         """What was folded into what, and why every other BatchNorm was not."""
-        lines = [f"folded: {f.pair.norm} into {f.pair.layer}" for f in self._folds]
+        lines = [f"folded: {p.norm} into {p.layer}" for p in self.folded_pairs]
         lines += [f"pending: {f.pair.norm} into {f.pair.layer} (checked by the first call: "
                   f"the layer's output must be {f.rank_to_check}-D)"
                   for f in self._folds if f.rank_to_check]

@@ -242,6 +242,9 @@ def test_a_model_fx_cannot_trace_runs_unfolded_with_the_reason():
 
 def test_linear_pairs_are_checked_by_example_args_at_set_up():
     model = randomize(Mixed())
+    unchecked = FoldedForward(model)
+    assert ("fc", "bn_fc") not in {(p.layer, p.norm) for p in unchecked.folded_pairs}
+    assert "pending: bn_fc into fc" in unchecked.explain()
     forward = FoldedForward(model, example_args=(torch.randn(2, 3, 6, 6),))
     assert ("fc", "bn_fc") in {(p.layer, p.norm) for p in forward.folded_pairs}
     assert "pending" not in forward.explain()
