@@ -365,6 +365,29 @@ def _is_true(value) -> bool:
     return bool(value) if value is not None else False
 
 
+def is_approximate(attrs: dict) -> bool:
+    """Whether a result was computed in the fast (approximate) mode: its ``approx`` attribute,
+    or ``eval.approx: true`` in the run's stored ``config``.
+
+    >>> is_approximate({"approx": True}), is_approximate({"config": "eval:\\n  approx: true\\n"})
+    (True, True)
+    >>> is_approximate({"config": "eval:\\n  approx: false\\n"}), is_approximate({})
+    (False, False)
+    """
+    if _is_true(attrs.get("approx")) or _is_true(attrs.get("eval_approx")):
+        return True
+    config = attrs.get("config")
+    if not isinstance(config, str) or "approx" not in config:
+        return False
+    try:
+        import yaml
+
+        evaluation = (yaml.safe_load(config) or {}).get("eval") or {}
+    except Exception:  # an unreadable config says nothing either way
+        return False
+    return isinstance(evaluation, dict) and _is_true(evaluation.get("approx"))
+
+
 def largest_standard_error(surface, metric: str) -> float | None:
     """The largest stored standard error of ``metric`` (``<metric>_se``), or None."""
     errors = surface.values.get(f"{metric}_se")
@@ -381,7 +404,7 @@ def result_notes(surface, metric: str) -> list[str]:
     computed = computed_mask(surface)
     if not computed.all():
         notes.append(f"{int(computed.sum()):,} of {computed.size:,} points")
-    if _is_true(surface.attrs.get("approx")):
+    if is_approximate(surface.attrs):
         error = largest_standard_error(surface, metric)
         notes.append("approximate" + (f": s.e. ≤ {error:.2g}" if error is not None else ""))
     return notes
