@@ -62,15 +62,19 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
                norm: str = "filter", ignore: str = "biasbn", type: str = "weights",
                ensemble: int = 1, orthogonalize: bool = False, target=None, path=None,
                data=None, loss="ce", tol: float = 1e-3, batch_size="auto",
-               checkpoints: Sequence | None = None, center: bool = False) -> dirs.Directions:
+               checkpoints: Sequence | None = None, center: bool = False,
+               targets: Sequence | None = None) -> dirs.Directions:
     """Plot directions at ``model``'s parameters.
 
     Args:
         kind: ``random`` (seeded Gaussian, normalized by ``norm``/``ignore``), ``target``
             (x = θ_target − θ, where ``target`` is a model or a state dict), ``pca`` (the top
             two principal directions of ``checkpoints``, a training path ending at θ),
-            ``hessian`` (the top and bottom Hessian eigenvectors of the loss on ``data``) or
-            ``file`` (read ``path``, llv's or the reference's layout).
+            ``hessian`` (the top and bottom Hessian eigenvectors of the loss on ``data``),
+            ``plane`` (the plane through ``model`` and ``targets=(model_b, model_c)``: x = θ_B − θ_A,
+            y = θ_C − θ_A; ``orthogonalize=True`` an orthonormal basis of it, the three models'
+            coordinates in ``attrs["plane_coordinates"]``) or ``file`` (read ``path``, llv's or
+            the reference's layout).
         ndim: 1 (x only) or 2 (x and y).
         type: ``weights`` (parameters) or ``states`` (the whole state dict, BN statistics too).
 
@@ -105,6 +109,13 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
                                        values, norm, ignore))
         return dirs.Directions(space, axes, ndim, {"kind": "target", "norm": "none", "ignore": ignore,
                                                    "type": space.type, "seed": int(seed)})
+    if kind == "plane":
+        if targets is None or len(targets) != 2:
+            raise LlvError("kind='plane' needs targets=(model_b, model_c) (models or state dicts)")
+        if ndim != 2:
+            raise LlvError("kind='plane' spans two axes: ndim must be 2")
+        vertices = [_values_of(other, space) for other in targets]
+        return dirs.plane_directions(space, values, *vertices, orthogonalize=bool(orthogonalize))
     if kind == "file":
         if path is None:
             raise LlvError("kind='file' needs path= (a direction file)")
@@ -120,7 +131,17 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
             raise LlvError("kind='hessian' needs data= (the loss's data)")
         return hessian_directions(Hessian(model, data, loss=loss, batch_size=batch_size), space,
                                   ndim, tol=tol, seed=int(seed))
-    raise LlvError(f"unknown direction kind {kind!r}; valid: random, target, pca, hessian, file")
+    raise LlvError(f"unknown direction kind {kind!r}; valid: random, target, plane, pca, hessian, file")
+
+
+def _values_of(other, space: ParameterSpace) -> list[torch.Tensor]:
+    """A second model's (or state dict's) tensors in ``space``'s order, checked by name."""
+    state = other.state_dict() if isinstance(other, nn.Module) else dict(other)
+    missing = [n for n in space.names if n not in state]
+    if missing:
+        raise LlvError(f"the other model has no tensor {missing[0]} (+{len(missing) - 1} more): "
+                       "is it another architecture?")
+    return [state[n].detach().clone() for n in space.names]
 
 
 def hessian_directions(h: Hessian, space: ParameterSpace, ndim: int, tol: float = 1e-3,

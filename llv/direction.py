@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from llv.console import LlvError, log
-from llv.params import ParameterSpace, flatten
+from llv.params import ParameterSpace, flatten, unflatten
 from llv.storage import directions as direction_file
 
 NORMALIZATIONS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
@@ -183,3 +183,53 @@ def log_summary(directions: Directions) -> None:
     a = directions.attrs
     log.info(f"directions: kind={a.get('kind')} type={directions.space.type} norm={a.get('norm')} "
              f"ignore={a.get('ignore')} axes={directions.ndim} ensemble={directions.ensemble}")
+
+
+# ------------------------------------------------------------------------------ the plane through three models
+
+
+def plane_directions(space: ParameterSpace, values_a, values_b, values_c,
+                     orthogonalize: bool = False) -> Directions:
+    """The plane through three models A, B, C (the reference's ``--model_file2 --model_file3``).
+
+    Plain (default): x = θ_B − θ_A and y = θ_C − θ_A, so A, B and C sit at (0, 0), (1, 0) and
+    (0, 1). ``orthogonalize=True``: an orthonormal basis of the same plane (Gram-Schmidt over
+    the perturbed entries, x along θ_B − θ_A, both of unit norm), so distances in the figure are
+    distances in parameter space; A, B and C then sit at (0, 0), (|θ_B − θ_A|, 0) and
+    (x_C, y_C). Either way their coordinates are stored as the attribute
+    ``plane_coordinates`` (rows A, B, C) for figures to mark them. Every floating entry moves
+    (biases and BatchNorm parameters too), so each vertex is that model exactly.
+
+    >>> space = ParameterSpace.of(torch.nn.Linear(2, 1, bias=False))
+    >>> a, b, c = [torch.zeros(1, 2)], [torch.tensor([[2.0, 0.0]])], [torch.tensor([[1.0, 3.0]])]
+    >>> plane_directions(space, a, b, c, orthogonalize=True).attrs["plane_coordinates"].tolist()
+    [[0.0, 0.0], [2.0, 0.0], [1.0, 3.0]]
+    """
+    x = target_direction(space, values_a, values_b)
+    y = target_direction(space, values_a, values_c)
+    coordinates = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    if orthogonalize:
+        fx, fy = flatten(space, x).double(), flatten(space, y).double()
+        length_x = float(fx.norm())
+        if length_x == 0.0:
+            raise LlvError("models A and B are the same point: the plane is not defined")
+        unit_x = fx / length_x
+        along = float(fy @ unit_x)
+        rest = fy - along * unit_x
+        length_y = float(rest.norm())
+        if length_y <= 1e-5 * max(length_x, float(fy.norm())):  # float32 rounding of a line
+            raise LlvError("the three models lie on one line: the plane is not defined")
+        x = _as_tensors(space, unit_x.float())
+        y = _as_tensors(space, (rest / length_y).float())
+        coordinates = np.array([[0.0, 0.0], [length_x, 0.0], [along, length_y]])
+    attrs = {"kind": "plane", "norm": "none", "ignore": "none", "type": space.type, "seed": 0,
+             "orthogonalize": bool(orthogonalize), "plane_coordinates": coordinates,
+             "plane_labels": ["A", "B", "C"]}
+    return Directions(space, [x, y], 2, attrs)
+
+
+def _as_tensors(space: ParameterSpace, vector: torch.Tensor) -> list[torch.Tensor]:
+    """A flat vector as tensors aligned with ``space.names`` (zeros on integer entries)."""
+    named = unflatten(space, vector)
+    return [named[n].clone() if n in named else torch.zeros(shape)
+            for n, shape in zip(space.names, space.shapes)]
