@@ -482,8 +482,12 @@ def draw_surface3d(ax, surface: Surface, options: PlotOptions, metric: str | Non
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     cmap = colormaps[CMAP_3D]
+    from matplotlib.colors import LightSource
+
+    # light from high above: shading shows the shape without turning the basin's colours black
+    light = LightSource(azdeg=315, altdeg=65)
     ax.add_collection3d(Poly3DCollection(polygons, facecolors=cmap(norm(heights)), shade=True,
-                                         linewidth=0, antialiased=False))
+                                         lightsource=light, linewidth=0, antialiased=False))
     ax.set_xlim(x.min(), x.max())
     ax.set_ylim(y.min(), y.max())
     mappable = ScalarMappable(norm=norm, cmap=cmap)
