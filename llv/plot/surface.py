@@ -492,7 +492,8 @@ def draw_surface3d(ax, surface: Surface, options: PlotOptions, metric: str | Non
     ax.set_ylim(y.min(), y.max())
     mappable = ScalarMappable(norm=norm, cmap=cmap)
     z_label = z_label or metric_label(metric)
-    bar = add_colorbar(ax.figure, mappable, ax=ax, label=z_label, shrink=0.6, pad=0.1)
+    bar = add_colorbar(ax.figure, mappable, ax=ax, label=z_label, shrink=0.6, pad=0.1,
+                       levels=nice_levels(norm.vmin, norm.vmax, count=6))
     bar.ax.tick_params(labelsize="small")
     ax.set_zlim(low, high)
     for axis, coordinates in ((ax.xaxis, x), (ax.yaxis, y)):
