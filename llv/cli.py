@@ -303,19 +303,23 @@ def _completions(command: str, args: list[str], incomplete: str) -> list[tuple[s
 
 @contextlib.contextmanager
 def user_errors():
-    """User errors become one line and exit 2; anything else one line and exit 1 (``-v``: traceback)."""
+    """User errors become one line and exit 2; a stop (Ctrl-C 130, SIGTERM 143, SIGHUP 129) one
+    line; anything else is a bug: one line that says so and exit 1 (``-v``: the traceback)."""
+    from llv.runlock import exit_code, signal_name
+
     try:
         yield
     except LlvError as exc:
         error_line(str(exc))
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        error_line("interrupted; results computed so far are saved")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        error_line(f"stopped by {signal_name(exc)}; results computed so far are saved")
+        raise typer.Exit(exit_code(exc)) from None
     except Exception as exc:
         if is_verbose():
             raise
-        error_line(f"{type(exc).__name__}: {exc} (run with -v for the traceback)")
+        error_line(f"internal error (a bug in llv, please report it): {type(exc).__name__}: {exc} "
+                   "(run with -v for the traceback)")
         raise typer.Exit(1) from None
 
 
@@ -570,8 +574,8 @@ def run_sweep(command: str, overrides: list[str], hydra_overrides: list[str], qu
     first = config.compose(command, (jobs[0] if jobs else []) + search)
     sweep_dir = next((o.partition("=")[2] for o in hydra_overrides if o.startswith("hydra.sweep.dir=")), None)
     extra = ["hydra.job.chdir=false", "hydra/job_logging=none"]
-    if quiet:
-        extra.append("hydra/hydra_logging=disabled")
+    if quiet:  # 'none', not Hydra's 'disabled', which would disable every other logger too
+        extra.append("hydra/hydra_logging=none")
     if sweep_dir is None:
         sweep_dir = sweep_dir_default(str(first.get("outputs") or "outputs"), command)
         extra.append(f"hydra.sweep.dir={sweep_dir}")

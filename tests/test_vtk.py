@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -125,12 +124,14 @@ def test_a_wrong_suffix_for_the_format_is_refused(tmp_path, kind, fmt, out, need
     assert sorted(p.name for p in tmp_path.iterdir()) == ["surface.h5"]
 
 
-def test_the_command_line_refuses_a_png_named_vtk_in_one_line(tmp_path):
+def test_the_command_line_refuses_a_png_named_vtk_in_one_line(tmp_path, capsys):
+    from llv import cli
+
     path = write_surface(tmp_path / "surface.h5")
-    result = subprocess.run([sys.executable, "-m", "llv", "plot", "vtk", str(path), "--out", str(tmp_path / "x.png")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", "vtk", str(path), "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
         f"llv: error: --out {tmp_path / 'x.png'}: 'llv plot vtk' writes a .vtp file here; give --out a name ending in .vtp"]
     assert not (tmp_path / "x.png").exists()
 
