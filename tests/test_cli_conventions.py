@@ -38,6 +38,7 @@ def run(capsys, monkeypatch):
     """``llv ARGS`` in this process (as :func:`llv` in a subprocess, at a fraction of the cost)."""
 
     def invoke(*args, env=None):
+        state, level = dict(console._state), console.log.level  # -q must not outlive the call
         with monkeypatch.context() as patch:
             for key, value in (env or {}).items():
                 patch.setenv(key, value)
@@ -46,6 +47,9 @@ def run(capsys, monkeypatch):
                 cli.main(list(args))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            finally:
+                console._state.update(state)
+                console.log.setLevel(level)
         captured = capsys.readouterr()
         return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
 
