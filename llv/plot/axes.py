@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError
-from llv.plot import hessian, surface
+from llv.plot import hessian
+from llv.plot import surface as maps
 from llv.plot._figure import PlotOptions, finite_values, new_figure, resolve_log
 from llv.plot.io import Surface, load_projection, load_surface
 
@@ -29,7 +30,7 @@ _SIZES = {"1d": (6.4, 4.8), "surface3d": (6.4, 5.2)}
 
 def draw(
     kind: str,
-    result: Surface | Sequence[Surface],
+    surface: Surface | Sequence[Surface],
     ax=None,
     *,
     metric: str | None = None,
@@ -40,18 +41,19 @@ def draw(
     smooth: bool = False,
     share: bool = True,
 ):
-    """Draw ``kind`` of ``result`` onto ``ax`` (a new figure when None) and return the Axes.
+    """Draw ``kind`` of ``surface`` onto ``ax`` (a new figure when None) and return the Axes.
 
     Args:
         kind: one of :data:`DRAW_KINDS`.
-        result: a :class:`~llv.plot.io.Surface` (as :func:`~llv.plot.io.load_surface` returns);
+        surface: a :class:`~llv.plot.io.Surface` (as :func:`~llv.plot.io.load_surface` returns);
             for ``compare``, a sequence of them.
         ax: the Axes to draw on (3-D Axes for ``surface3d``; for ``compare`` one Axes per
             surface). None makes a figure like ``llv plot``'s.
         metric: the stored quantity of 2-D kinds (default: the training loss).
         vmin, vmax, vlevel: lowest and highest level/colour and the level spacing.
         log: logarithmic loss scale; None decides by :func:`~llv.plot._figure.auto_log`.
-        smooth: ``surface3d`` only: bicubic upsampling, labelled as interpolated.
+        smooth: ``surface3d``, ``contour``, ``contourf``, ``hessian``: draw the grid upsampled
+            by bicubic interpolation (the title says so).
         share: ``compare`` only: the same levels and colours in every panel.
 
     Returns:
@@ -71,23 +73,23 @@ def draw(
     options = PlotOptions(vmin=vmin, vmax=vmax, vlevel=vlevel, log=log, metric=metric,
                           smooth=smooth)
     if kind == "compare":
-        surfaces = [result] if isinstance(result, Surface) else list(result)
+        surfaces = list(surface) if isinstance(surface, (list, tuple)) else [surface]
         if ax is None:
             figure = new_figure(3.6 * len(surfaces) + 1.2, 4.1)
             ax = figure.subplots(1, len(surfaces), squeeze=False)[0]
-        return surface.draw_compare(ax, surfaces, options, share=share)
-    if not isinstance(result, Surface) and hasattr(result, "__len__"):
+        return maps.draw_compare(ax, surfaces, options, share=share)
+    if isinstance(surface, (list, tuple)):
         raise LlvError(f"'{kind}' draws one result; use kind='compare' for several")
     if ax is None:
         figure = new_figure(*_SIZES.get(kind, (6.0, 4.8)))
         ax = figure.add_subplot(projection="3d" if kind == "surface3d" else None)
     if kind == "1d":
-        return surface.draw_1d_panel(ax, result, options)
+        return maps.draw_1d_panel(ax, surface, options)
     if kind == "surface3d":
-        return surface.draw_surface3d(ax, result, options)
+        return maps.draw_surface3d(ax, surface, options)
     if kind == "hessian":
-        return hessian.draw_hessian(ax, result, options)
-    return surface.draw_map_panel(ax, result, kind, options)
+        return hessian.draw_hessian(ax, surface, options)
+    return maps.draw_map_panel(ax, surface, kind, options)
 
 
 def plotted_values(kind: str, paths: list[Path], options: PlotOptions) -> np.ndarray:
