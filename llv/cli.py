@@ -390,9 +390,10 @@ def split_overrides(command: str, overrides: list[str], multirun: bool) -> tuple
             if multirun:
                 raise LlvError("hydra.run.dir names one run; a sweep (-m) takes hydra.sweep.dir=DIR")
             ours.append(f"out={parsed.value()}")
-        elif key.startswith("hydra.job.chdir"):
-            raise LlvError("hydra.job.chdir is not supported: llv never changes directory; "
-                           "its run directory is out=DIR (or hydra.run.dir=DIR)")
+        elif key == "hydra.job.chdir":
+            if str(parsed.value()).lower() != "false":  # false is what llv does anyway
+                raise LlvError("hydra.job.chdir=true is not supported: llv never changes directory; "
+                               "its run directory is out=DIR (or hydra.run.dir=DIR)")
         elif key in _HYDRA_SWEEP_KEYS or key.startswith(_HYDRA_SWEEP_GROUPS):
             if not multirun:
                 raise LlvError(f"'{original}' configures sweeps: add -m/--multirun")

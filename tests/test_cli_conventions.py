@@ -184,7 +184,8 @@ def test_cfg_job_hydra_all_and_resolve(run):
 def test_hydra_run_dir_becomes_out_and_chdir_and_unknown_hydra_keys_are_refused(run):
     shown = yaml.safe_load(run("surface", "--cfg", "hydra.run.dir=/tmp/some/run").stdout)
     assert shown["out"] == "/tmp/some/run"
-    one_error_line(run("surface", "hydra.job.chdir=true"), "hydra.job.chdir is not supported")
+    one_error_line(run("surface", "hydra.job.chdir=true"), "hydra.job.chdir=true is not supported")
+    assert run("surface", "--cfg", "hydra.job.chdir=false").returncode == 0  # what llv does anyway
     one_error_line(run("surface", "hydra.verbose=true"), "llv honours hydra.run.dir")
     one_error_line(run("surface", "hydra.sweep.dir=/tmp/x"), "add -m/--multirun")
     one_error_line(run("surface", "-m", "hydra.run.dir=/tmp/x", "seed=0,1"), "hydra.sweep.dir")
