@@ -30,6 +30,7 @@ __all__ = [
     "__version__",
     "connect",
     "directions",
+    "extent",
     "hessian",
     "hessian_map",
     "interpolate",
@@ -43,6 +44,7 @@ from llv.errors import LlvError
 _LAZY = {
     "surface": "llv.api", "interpolate": "llv.api", "directions": "llv.api", "hessian": "llv.api",
     "hessian_map": "llv.api", "trajectory": "llv.api", "connect": "llv.api",
+    "extent": "llv.api",
     "load": "llv.results", "Surface": "llv.results", "HessianPoint": "llv.results",
     "Projection": "llv.results", "Eigenvalues": "llv.results", "Trace": "llv.results",
     "Density": "llv.results", "Directions": "llv.direction", "Hessian": "llv.spectrum",

@@ -10,7 +10,7 @@ from torch import nn
 
 import llv
 from llv.api import point_metrics
-from llv.connect import Connection, barrier, connect, path_coefficients
+from llv.curves import Connection, barrier, connect, path_coefficients
 
 
 def _bits(model: nn.Module) -> list[torch.Tensor]:
@@ -54,9 +54,10 @@ def test_path_coefficients_are_the_curves():
 def test_trained_curve_has_a_lower_barrier_and_ends_at_the_models(digits, path, tmp_path):
     (a, b), data = digits
     before = _bits(a) + _bits(b)
-    c = connect(a, b, {"train": data}, path=path, epochs=8, lr=0.01, optimizer="adam", batch_size=100,
+    c = llv.connect(a, b, {"train": data}, path=path, epochs=8, lr=0.01, optimizer="adam", batch_size=100,
                 points=21, progress=False)
     assert all(torch.equal(x, y) for x, y in zip(before, _bits(a) + _bits(b)))  # untouched
+    assert callable(llv.connect) and callable(llv.extent)  # no submodule hides the API
     assert c.line_barrier > 0.05  # two different minima: the line crosses a barrier
     assert c.curve_barrier < 0.5 * c.line_barrier
     for end, model in ((0, a), (-1, b)):  # t = 0 and t = 1 are the models themselves

@@ -4,11 +4,11 @@ models themselves, and the orthogonalized plane is the same plane in other coord
 import numpy as np
 import pytest
 import torch
+from nets import TinyConvBN
 
 import llv
 from llv.api import point_metrics
 from llv.errors import LlvError
-from nets import TinyConvBN
 
 
 def _model(seed: int) -> TinyConvBN:

@@ -22,6 +22,9 @@ largest loss along it minus the mean of the two ends' losses.
 With ``checkpoint_dir`` the control point, the optimizer and every random stream are saved
 after each epoch (``curve_epoch_NNN.pt``, atomically); a later call with the same settings
 resumes from the last one, and the result equals an uninterrupted run bit for bit.
+
+``llv.connect`` is this module's :func:`connect` (the module is not named ``connect``: importing
+a submodule sets the package attribute of its name, which would hide the function).
 """
 
 from __future__ import annotations
@@ -208,7 +211,7 @@ class Connection:
         path = Path(path)
         with open_h5(path, "a curve file") as f:
             if "curve" not in f or "t" not in f:
-                raise LlvError(f"{path} is not a curve file (llv.connect): no 'curve' group")
+                raise LlvError(f"{path} is not a curve file (llv.curves): no 'curve' group")
             attrs = read_attrs(f)
             t, history = f["t"][()], f["history"][()]
             curve = {k: f["curve"][k][()] for k in f["curve"]}
@@ -316,12 +319,13 @@ def _train_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _device_of(model: nn.Module, device) -> torch.device:
-    """``device`` (``"auto"``: CUDA when there is one), else where the model is."""
-    if device is not None and str(device) != "auto":
-        return torch.device(device)
+def device_for(model: nn.Module, device=None) -> torch.device:
+    """``device`` (``auto``, ``cpu``, ``cuda:N``, ... as :func:`llv.device.resolve_device`), or
+    where the model is when None."""
     if device is not None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from llv.device import resolve_device
+
+        return resolve_device(device)
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
 
@@ -454,7 +458,7 @@ def connect(model_a: nn.Module, model_b: nn.Module | Mapping, data, *, path: str
         model_a, model_b: the two ends (``model_b`` may be a state dict); never modified.
         data: as :func:`llv.surface`'s; the ``train`` split (or the only data set) trains the
             curve and re-estimates BatchNorm statistics, every split is evaluated.
-        path: ``bezier`` or ``polychain`` (see :mod:`llv.connect`).
+        path: ``bezier`` or ``polychain`` (see :mod:`llv.curves`).
         epochs, lr, optimizer, momentum, weight_decay: training of θ_M (``sgd`` or ``adam``,
             constant learning rate).
         batch_size: examples per batch, for training and evaluation (``"auto"``).
@@ -478,7 +482,7 @@ def connect(model_a: nn.Module, model_b: nn.Module | Mapping, data, *, path: str
     if int(epochs) < 0 or int(points) < 2:
         raise LlvError(f"epochs must be at least 0 and points at least 2 (got {epochs}, {points})")
     check_loss(loss)
-    device = _device_of(model_a, device)
+    device = device_for(model_a, device)
     wide = torch.float64 if precision == "fp64" else None
     splits = as_split_batches(data, batch_size=batch_size, device=device, float_dtype=wide)
     train = splits.get("train", next(iter(splits.values())))
