@@ -188,7 +188,10 @@ class OneOf(Check):
 
 @dataclass(frozen=True)
 class Option(Check):
-    """The name of an option of a config group (a file ``conf/<group>/<name>.yaml``)."""
+    """A name the engine's registry knows: an option shipped in ``conf/<group>/``.
+
+    A user's own option (``--config-dir``) is a file of any name that sets one of these (e.g.
+    ``name: resnet56`` with other settings), so the shipped names are the valid ones."""
 
     group: str = ""
 
@@ -360,8 +363,9 @@ def variant(cls: type, name: str, **defaults: Any) -> type:
 
 
 @cache
-def _conf_dir() -> Path:
-    # the same places llv.config.conf_dir looks (it imports this module, so not the reverse)
+def conf_dir() -> Path:
+    """The config tree: ``llv/conf`` inside an installed wheel, else the repository's ``conf/``
+    (as :func:`llv.config.conf_dir`, which imports this module, so not the reverse)."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "surface.yaml").is_file():
@@ -371,7 +375,7 @@ def _conf_dir() -> Path:
 
 def group_options(group: str) -> tuple[str, ...]:
     """The options of a config group: the file names in ``conf/<group>/``."""
-    return tuple(sorted(p.stem for p in (_conf_dir() / group).glob("*.yaml")))
+    return tuple(sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")))
 
 
 # ---------------------------------------------------------------------------- choices of keys
@@ -606,6 +610,12 @@ class Hessian:
     density_runs: int = setting(2, _COUNT, "stochastic Lanczos quadrature runs")
     density_steps: int = setting(48, _COUNT, "Lanczos steps per run")
     density_sigma: float = setting(0.01, _POSITIVE, "Gaussian smoothing (fraction of the spectrum's range)")
+    compute: list[str] = setting(["extremes", "top_k", "trace", "density", "sharpness"],
+                                 ListOf(OneOf(("extremes", "top_k", "trace", "density", "sharpness")),
+                                        min_len=1, distinct=True),
+                                 "what llv hessian computes at a point: extremes, top_k, trace, density, "
+                                 "sharpness (extremes and top_k share one Lanczos run)")
+    warm_start: bool = setting(True, Flag(), "grid maps: each point's Lanczos starts from its neighbour's Ritz vectors")
 
 
 @dataclass
