@@ -286,12 +286,31 @@ def plot_curve_plane(surface, plane: CurvePlane, ax=None, metric: str = "train_l
     ax.plot(plane.curve[:, 0], plane.curve[:, 1], color="white", lw=2.2)
     ax.plot(plane.curve[:, 0], plane.curve[:, 1], color="black", lw=1.2, label="curve")
     ax.plot(plane.line[:, 0], plane.line[:, 1], color="black", lw=1.0, ls="--", label="line")
-    for (u, v), label in zip(plane.vertices, LABELS):
-        ax.plot([u], [v], marker="o", ms=6, color="white", mec="black", zorder=5)
-        ax.annotate(label, (u, v), xytext=(5, 5), textcoords="offset points", fontsize=9,
+    mark_points(ax, plane.vertices, LABELS)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+    return ax
+
+
+def mark_points(ax, coordinates, labels=None):
+    """Mark and label points of a plane (the models of ``kind="plane"`` directions, whose
+    ``attrs["plane_coordinates"]`` and ``attrs["plane_labels"]`` they are by default).
+
+    ``coordinates`` may also be a :class:`llv.direction.Directions` or a surface computed along
+    one (its ``directions``). Returns the Axes.
+    """
+    source = getattr(coordinates, "directions", None) or coordinates
+    attrs = getattr(source, "attrs", None)
+    if attrs is not None:
+        labels = labels or list(attrs.get("plane_labels", LABELS))
+        coordinates = attrs.get("plane_coordinates")
+        if coordinates is None:
+            return ax
+    points = np.asarray(coordinates, dtype=np.float64).reshape(-1, 2)
+    labels = list(labels or [str(i) for i in range(len(points))])
+    for (u, v), label in zip(points, labels):
+        ax.plot([u], [v], marker="o", ms=6, color="white", mec="black", zorder=5, ls="none")
+        ax.annotate(str(label), (u, v), xytext=(5, 5), textcoords="offset points", fontsize=9,
                     fontweight="bold", zorder=6)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_aspect("equal", adjustable="datalim")
     return ax
 
 

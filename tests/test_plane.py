@@ -74,3 +74,14 @@ def test_plane_through_three_models_on_one_line_is_refused(three):
         llv.directions(a, "plane", targets=(b, twice), type="states", orthogonalize=True)
     with pytest.raises(LlvError, match="targets"):
         llv.directions(a, "plane", targets=(b,))
+
+
+def test_figures_mark_the_three_models(three):
+    (a, b, c), data = three
+    from llv.curves import mark_points
+
+    plane = llv.directions(a, "plane", targets=(b, c), orthogonalize=True)
+    s = llv.surface(a, data, x=(-1, 4, 5), y=(-1, 4, 5), directions=plane, progress=False, batch_size=16)
+    ax = mark_points(s.plot("contour"), s)
+    marks = {t.get_text(): t.xy for t in ax.texts if t.get_text() in ("A", "B", "C")}
+    np.testing.assert_allclose([marks[k] for k in "ABC"], plane.attrs["plane_coordinates"])
