@@ -873,7 +873,10 @@ def _check_value(f, value: Any, key: str) -> None:
         return
     check: Check = meta["check"]
     if not check.accepts(value):
-        raise LlvError(f"{key}: expected {check.expected}, got {_show(value)}")
+        hint = ""
+        if isinstance(value, bool) and isinstance(check, OneOf) and {"on", "off"} & set(check.choices):
+            hint = " (YAML reads an unquoted on/off as true/false: quote it, 'off')"
+        raise LlvError(f"{key}: expected {check.expected}, got {_show(value)}{hint}")
 
 
 # ------------------------------------------------------------------------------------- docs
