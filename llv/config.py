@@ -7,7 +7,6 @@ Nothing here imports torch. Every problem with the user's input becomes an
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 from pathlib import Path
 
@@ -45,8 +44,14 @@ def command_groups(command: str) -> list[str]:
 _GRID_VALUE = re.compile(r"^(\+{0,2}grid\.[xy])=(?!['\"])(.*:.*)$")
 
 
+# Nor does it accept non-ASCII characters unquoted (a path like out=/data/résultats); such
+# values are quoted too, unless they are quoted already or hold a quote of their own.
+_NON_ASCII_VALUE = re.compile(r"^([+~]{0,2}[\w.@/-]+)=(?!['\"])([^'\"]*[^\x00-\x7f][^'\"]*)$")
+
+
 def _prepare_overrides(overrides: list[str]) -> list[str]:
-    return [_GRID_VALUE.sub(r"\1='\2'", o) for o in overrides]
+    quoted = [_GRID_VALUE.sub(r"\1='\2'", o) for o in overrides]
+    return [_NON_ASCII_VALUE.sub(r"\1='\2'", o) for o in quoted]
 
 
 def _check_group_choices(command: str, overrides: list[str]) -> None:
@@ -95,7 +100,33 @@ def compose(command: str, overrides: list[str] | None = None):
     from llv.schema import validate
 
     validate(command, cfg)
+    _remember_given(cfg, overrides)
     return cfg
+
+
+# Which keys the user's overrides set, for the config objects compose() returned last: a run
+# that continues an earlier one takes every other key from it (llv.tasks.session.reconcile).
+_GIVEN: list[tuple[object, frozenset[str]]] = []
+_GROUP_PACKAGES = {"norm": "direction.norm"}  # groups whose options land elsewhere (@package)
+
+
+def _remember_given(cfg, overrides: list[str]) -> None:
+    keys = set()
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0].strip()
+        keys.add(_GROUP_PACKAGES.get(key, key))
+    _GIVEN.append((cfg, frozenset(keys)))
+    del _GIVEN[:-32]
+
+
+def given_keys(cfg) -> frozenset[str] | None:
+    """The keys (``direction.seed``; a group's package such as ``model``) that the overrides set
+    in this object returned by :func:`compose`; None for a config compose did not make.
+    ``experiment`` stands for every key its preset sets."""
+    for made, keys in reversed(_GIVEN):
+        if made is cfg:
+            return keys
+    return None
 
 
 def _hydra_message(exc: Exception, command: str, overrides: list[str]) -> str:
@@ -142,8 +173,10 @@ def to_yaml(cfg) -> str:
 def make_run_dir(cfg, create: bool = True) -> Path:
     """``outputs/<command>/<YYYY-MM-DD_HH-MM-SS>[_name]`` (or ``cfg.out``), with ``config.yaml``.
 
-    Also points ``outputs/<command>/latest`` at it. With ``create=False`` only the path is returned
-    (for ranks other than 0, which receive it from rank 0).
+    ``config.yaml`` is written atomically. ``outputs/<command>/latest`` is not touched here: it
+    moves only once a run has succeeded (:func:`llv.cli.mark_success`), so a failed or refused
+    run never re-points it. With ``create=False`` only the path is returned (for ranks other than
+    0, which receive it from rank 0, and for a run that takes its folder's lock first).
     """
     if cfg.get("out"):
         run_dir = Path(str(cfg.out))
@@ -159,20 +192,13 @@ def make_run_dir(cfg, create: bool = True) -> Path:
     if not create:
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    _point_latest(run_dir, Path(str(cfg.get("outputs") or "outputs")) / cfg.command)
+    write_config(cfg, run_dir)
     return run_dir
 
 
-def _point_latest(run_dir: Path, base: Path) -> None:
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        latest = base / "latest"
-        target = os.path.relpath(run_dir.resolve(), base.resolve())
-        tmp = base / f".latest-{os.getpid()}"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        os.symlink(target, tmp)
-        os.replace(tmp, latest)
-    except OSError:
-        pass  # a read-only or symlink-less file system keeps the run, just no 'latest'
+def write_config(cfg, run_dir: Path) -> Path:
+    """``run_dir/config.yaml``: the composed config, written atomically (a full disk is one line)."""
+    from llv.fsio import atomic_write
+
+    text = to_yaml(cfg)
+    return atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(text), "run config", text=True)

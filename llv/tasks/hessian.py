@@ -15,18 +15,23 @@ import torch
 from llv import __version__, api
 from llv.config import GridSpec, to_yaml
 from llv.console import LlvError, log, print_table
+from llv.spectrum import COMPUTE
 from llv.storage import hessian as hessian_file
-from llv.tasks._grid import grid_directions, hessian_at, plot_result, run_attrs
-from llv.tasks.session import Session, start
+from llv.tasks._grid import check_inputs, grid_directions, hessian_at, plot_result, run_attrs
+from llv.tasks.session import Session, running
 
 FILE = hessian_file.FILE
 
 
 def run(cfg):
-    """Write ``hessian.h5`` (a point, or ``max_eig``/``min_eig`` over ``grid``); return its path."""
-    grid = GridSpec.from_cfg(cfg.grid)
-    session = start(cfg, FILE if grid.ndim else None, checkpoint=cfg.get("checkpoint") or None)
-    try:
+    """Write ``hessian.h5`` (a point, or ``max_eig``/``min_eig`` over ``grid``); return its path.
+
+    A grid run is resumed like a surface (``resume=FILE`` or an ``out=`` holding one); a point
+    file is recomputed.
+    """
+    with running(cfg, FILE, prepare=_prepare) as session:
+        cfg = session.cfg
+        grid = GridSpec.from_cfg(cfg.grid)
         if grid.ndim:
             result = compute_map(session, grid)
             plot_result(session, result, "hessian")
@@ -45,8 +50,12 @@ def run(cfg):
             except Exception as exc:  # results are saved; a figure problem is only a warning
                 log.warning(f"could not draw the spectrum plot: {' '.join(str(exc).split())}")
         return path
-    finally:
-        session.close()
+
+
+def _prepare(cfg, run_dir) -> None:
+    """A grid run reads directions like a surface; a point reads nothing else."""
+    if GridSpec.from_cfg(cfg.grid).ndim:
+        check_inputs(cfg, run_dir)
 
 
 def analyse_point(session: Session) -> dict:
@@ -56,9 +65,11 @@ def analyse_point(session: Session) -> dict:
     hessian = hessian_at(session)
     result = hessian.analyse(tol=float(h.tol), top_k=int(h.top_k), trace_probes=int(h.trace_probes),
                              density_runs=int(h.density_runs), density_steps=int(h.density_steps),
-                             density_sigma=float(h.density_sigma), seed=int(cfg.seed))
+                             density_sigma=float(h.density_sigma), seed=int(cfg.seed),
+                             compute=[c for c in h.get("compute", COMPUTE) if c != "sharpness"])
     sharpness = cfg.get("sharpness")
-    if sharpness is not None and sharpness.get("enabled", True):
+    if (sharpness is not None and sharpness.get("enabled", True)
+            and "sharpness" in h.get("compute", COMPUTE)):
         from llv.sharpness import measure_point
 
         d = cfg.direction
@@ -105,6 +116,19 @@ def point_attrs(session: Session) -> dict:
 
 
 def report_point(result: dict) -> None:
+    if "lambda_max" not in result or "trace" not in result or "density_nodes" not in result:
+        rows = [("loss", result["loss"], "")]
+        if "lambda_max" in result:
+            rows += [("λmax", result["lambda_max"], result["num_hvp_extremes"]),
+                     ("λmin", result["lambda_min"], "(same run)")]
+        if "eigenvalues" in result:
+            rows.append(("top-k", ", ".join(f"{v:.6g}" for v in result["eigenvalues"]),
+                         result.get("num_hvp_top_k", "")))
+        if "trace" in result:
+            rows.append(("trace (Hutchinson)", f"{result['trace']:.6g} ± {result['trace_stderr']:.2g}",
+                         result["num_hvp_trace"]))
+        print_table("Hessian at the checkpoint", ["figure", "value", "Hessian-vector products"], rows)
+        return
     rows = [
         ("loss", result["loss"], ""),
         ("λmax", result["lambda_max"], result["num_hvp_extremes"]),
@@ -132,6 +156,7 @@ def compute_map(session: Session, grid: GridSpec):
     return api.hessian_map(
         session.model, data, x=grid.x, y=grid.y, directions=directions, loss=str(cfg.loss),
         tol=float(h.tol), lanczos_seed=int(cfg.seed), dtype=dtype, split=split,
+        warm_start=bool(h.get("warm_start", True)),
         path=session.run_dir / FILE, resume=session.existing is not None, comm=session.comm,
         chunk_points=int(cfg.eval.chunk_points), stop_after=cfg.get("stop_after_points"),
         attrs={**run_attrs(session, directions, dir_file), "hessian_max_samples": str(h.get("max_samples"))})

@@ -1,21 +1,54 @@
-"""What every grid-evaluating task sets up once: ranks, device, model + checkpoint, run dir, data.
+"""What every grid-evaluating task sets up once: checks, the run folder's lock, model, data.
 
-A :class:`Session` is built identically on every rank; only rank 0 creates the run directory and
-writes files, and the path is broadcast so all ranks agree.
+:func:`start` (or :func:`running`, which adds stop signals) does, in this order, before any
+model is built or any data are read (docs/reliability.md):
+
+1. find the run folder (``resume=FILE``, ``out=DIR`` or a new ``outputs/<command>/<stamp>``) and
+   check that it can be written;
+2. take its writer lock (:class:`llv.runlock.RunLock`, rank 0 only) and remove temporaries that
+   killed runs left there;
+3. refuse a folder that holds another command's run;
+4. read what an earlier run of this folder recorded (the result file's ``config`` attr, else
+   ``config.yaml``) and take every key the user did not set from it, refusing a key set to
+   something else (:func:`reconcile`): ``llv surface resume=FILE`` needs no other argument;
+5. the task's own checks (``prepare``), then the checkpoint: it exists and is a file, it is the
+   one the earlier run used (SHA-256), and its recorded model config gives ``model`` when none
+   was given.
+
+Then every rank builds the model and loads the checkpoint; non-finite weights are refused unless
+``strict=false``. Only then does rank 0 write the run's first file, ``config.yaml``: a refused
+run leaves nothing behind. Rank 0 holds the lock until :meth:`Session.close`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from llv import distributed
-from llv.checkpoint import default_checkpoint, load_into, sha256
-from llv.config import make_run_dir
+from llv.checkpoint import load_into, sha256
 from llv.console import LlvError, configure, log
 from llv.device import resolve_device
+
+RESULT_COMMANDS = ("surface", "interpolate", "hessian", "trajectory")
+
+#: Keys that say how a run computes, not what: a resumed run takes the user's value without
+#: complaint (the earlier run's when not given). Every other key defines the result. A
+#: checkpoint is compared by content (SHA-256), not by path: a moved file is the same one.
+CONTROL_KEYS = frozenset({"checkpoint",
+    "name", "outputs", "device", "dist", "plot", "probe", "strict", "paths", "summary",
+    "eval.batch_size", "eval.points_per_batch", "eval.chunk_points", "eval.channels_last",
+    "hessian.batch_size", "trajectory.memory_mb",
+})
+#: Keys that belong to one invocation and are never taken from an earlier run.
+NOT_INHERITED = frozenset({"command", "out", "resume", "stop_after_points", "overwrite"})
 
 
 @dataclass
@@ -29,6 +62,7 @@ class Session:
     checkpoint_meta: dict
     run_dir: Path
     existing: Path | None = None  # a result file this run resumes
+    lock: object = None  # rank 0's RunLock, held until close()
     _data: dict = field(default_factory=dict)
 
     @property
@@ -68,23 +102,75 @@ class Session:
                 for split in self.eval_data()}
 
     def close(self) -> None:
-        self.comm.close()
+        try:
+            self.comm.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
 
-def start(cfg, result_name: str | None = None, checkpoint=None) -> Session:
-    """Set up ranks, device and the model at the checkpoint; find or create the run directory.
+#: ``prepare(cfg, run_dir) -> checkpoint or None``: a task's own checks on the resolved config
+#: (rank 0, under the lock, before anything is built or read); may set config keys.
+Prepare = Callable[[object, Path], object]
 
-    With ``resume=PATH`` (a result file or its run directory) or ``out=DIR`` holding
-    ``result_name``, the run continues that file instead of starting a new run directory.
+
+@contextlib.contextmanager
+def running(cfg, result_name: str | None = None, checkpoint=None,
+            prepare: Prepare | None = None, inherit: bool = True) -> Iterator[Session]:
+    """:func:`start`, the task's block, :meth:`Session.close`; SIGTERM/SIGHUP stop it like Ctrl-C.
+
+    A stop saves what the engine computed (it flushes in a ``finally``), releases the lock,
+    prints the one-line command that continues the run, and propagates (exit status 130, 143 or
+    129 on the command line).
+    """
+    from llv.runlock import stop_signals
+
+    with stop_signals():
+        session = start(cfg, result_name, checkpoint, prepare, inherit)
+        try:
+            yield session
+        except KeyboardInterrupt as stop:
+            report_stop(session, stop, result_name)
+            raise
+        finally:
+            session.close()
+
+
+def start(cfg, result_name: str | None = None, checkpoint=None, prepare: Prepare | None = None,
+          inherit: bool = True) -> Session:
+    """Check, lock and resolve the run (module docstring), then build the model at the checkpoint.
+
+    Args:
+        cfg: The composed config; the session's ``cfg`` is the resolved one (keys taken from an
+            earlier run of the folder, the checkpoint's model).
+        result_name: The result file of the command (``surface.h5``); with ``resume=PATH`` or
+            an ``out=`` that holds it, the run continues that file.
+        checkpoint: The checkpoint when the task fixes it (default ``checkpoint=``, else the
+            latest training run's ``final.pt``).
+        prepare: The task's own checks (see :data:`Prepare`).
+        inherit: Take the keys the user did not set from the folder's earlier run (False for
+            ``llv direction``, which makes something new each time).
     """
     backend = str(cfg.dist.backend) if "dist" in cfg else "none"
     wants_cuda = str(cfg.device).startswith("cuda") or (str(cfg.device) == "auto" and torch.cuda.is_available())
     comm = distributed.init(backend, use_cuda=wants_cuda, timeout_s=float(cfg.dist.get("timeout_s", 600)))
     configure(rank=comm.rank)
+    lock = None
     try:
+        plan, error = None, None
+        if comm.is_root:
+            try:
+                plan, lock = _prepare_run(cfg, result_name, checkpoint, prepare, inherit)
+            except Exception as exc:
+                error = exc
+        comm.agree(error)
+        plan = comm.bcast(plan)
+        cfg = _as_config(plan["config"])
+        path = Path(plan["checkpoint"])
         # every rank builds the model and reads the checkpoint; a failure on any rank (a path
         # missing on one node, say) is raised on all of them instead of leaving them waiting
-        error, device, model, path, meta = None, None, None, None, None
+        error, device, model, meta = None, None, None, None
         try:
             device = resolve_device(cfg.device)
             if device.type == "cuda" and comm.size > 1:
@@ -93,32 +179,397 @@ def start(cfg, result_name: str | None = None, checkpoint=None) -> Session:
 
             torch.manual_seed(int(cfg.seed))
             model = build_model(cfg.model)
-            path = Path(str(checkpoint)) if checkpoint is not None else default_checkpoint(cfg)
             meta = load_into(model, path, str(cfg.model.name))
+            _check_weights(model, path, bool(cfg.get("strict", True)), comm.is_root)
             model.to(device).eval()
+            if comm.is_root:  # the run is accepted: its first file
+                from llv.config import write_config
+
+                write_config(cfg, Path(plan["run_dir"]))
         except Exception as exc:
             error = exc
         comm.agree(error)
-        digest = comm.root_call(sha256, path)
-        run_dir, existing = comm.root_call(_run_dir, cfg, result_name)
     except BaseException:
+        if lock is not None:
+            lock.release()
         comm.close()  # stops every rank if this one fails alone
         raise
     log.info(f"{cfg.command}: model {cfg.model.name} on {cfg.dataset.name}, checkpoint {path}, "
              f"device {device}, {comm.size} rank(s) [{comm.backend}]")
-    return Session(cfg, comm, device, model, path, digest, meta, Path(run_dir),
-                   Path(existing) if existing else None)
+    existing = plan["existing"]
+    return Session(cfg, comm, device, model, path, plan["sha256"], meta, Path(plan["run_dir"]),
+                   Path(existing) if existing else None, lock)
 
 
-def _run_dir(cfg, result_name: str | None) -> tuple[Path, Path | None]:
+def _check_weights(model: torch.nn.Module, path: Path, strict: bool, is_root: bool) -> None:
+    """Refuse non-finite weights (naming the tensor) unless ``strict=false``, then warn once."""
+    from llv.checkpoint import check_finite
+
+    try:
+        check_finite(model.state_dict(), path)
+    except LlvError as exc:
+        if strict:
+            raise
+        if is_root:
+            log.warning(f"{exc}; strict=false: evaluating it, its points will be NaN")
+
+
+def report_stop(session: Session, stop: KeyboardInterrupt, result_name: str | None) -> None:
+    """Say what is saved and print the command that continues the run (a line of its own)."""
+    from llv.runlock import signal_name
+
+    if not session.is_root:
+        return
+    command = str(session.cfg.command)
+    result = session.run_dir / result_name if result_name else None
+    if result is not None and result.is_file():
+        log.warning(f"{signal_name(stop)} stopped llv {command}; the points computed so far are in {result}")
+        line = ["llv", command, f"resume={result.resolve()}"]
+    else:
+        log.warning(f"{signal_name(stop)} stopped llv {command} before it saved a result")
+        line = ["llv", command, f"out={session.run_dir.resolve()}"]
+    print(f"llv: continue with: {shlex.join(line)}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------- rank 0: before any work
+
+
+def _prepare_run(cfg, result_name, checkpoint, prepare, inherit) -> tuple[dict, object]:
+    """Steps 1-5 of the module docstring; returns the plan every rank needs, and the lock."""
+    from llv.fsio import check_output_dir, clean_stale_temps
+    from llv.runlock import RunLock
+
+    if cfg.get("out"):
+        check_output_dir(str(cfg.out))
+    run_dir, existing = _locate(cfg, result_name)
+    check_output_dir(run_dir, "out" if cfg.get("out") else "resume" if cfg.get("resume") else "outputs")
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        for stale in clean_stale_temps(run_dir):
+            log.info(f"removed {stale} (left by a run that was killed while writing)")
+        _refuse_other_command(run_dir, str(cfg.command))
+        attrs = None
+        if existing is not None:
+            attrs = _result_attrs(existing, str(cfg.command))
+        plain = _plain(cfg)
+        explicit = explicit_keys(cfg)
+        stored, source = _stored_config(run_dir, existing, attrs, str(cfg.command)) if inherit else (None, None)
+        if stored is not None:
+            plain = reconcile(plain, default_config(str(cfg.command)), stored, source, explicit)
+        model_given = _model_given(plain, explicit, stored is not None)
+        cfg = _as_config(plain)
+        given = prepare(cfg, run_dir) if prepare is not None else None
+        path = _checkpoint_path(cfg, given if given is not None else checkpoint, model_given)
+        _take_model_of(cfg, path, model_given, explicit)
+        digest = sha256(path)
+        recorded = (attrs or {}).get("checkpoint_sha256")
+        if recorded and recorded != digest:
+            raise LlvError(f"cannot resume {existing}: its checkpoint sha256 differs from {path}'s "
+                           "(another checkpoint, or the file changed): pass the checkpoint it was "
+                           "computed at, or another out= for a new run")
+        _check_run_directions(cfg, run_dir, existing, stored is not None, digest)
+        if cfg.get("checkpoint") is None and given is None:
+            cfg.checkpoint = str(path)  # what the latest run was, recorded for a later resume
+        plan = {"config": _plain(cfg), "checkpoint": str(path), "sha256": digest,
+                "run_dir": str(run_dir), "existing": str(existing) if existing else None}
+        return plan, lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _locate(cfg, result_name: str | None) -> tuple[Path, Path | None]:
+    """The run folder and the result file this run continues (None: a new one)."""
+    from llv.config import make_run_dir
+
     resume = cfg.get("resume")
     if resume:
         target = Path(str(resume))
         if target.is_dir() and result_name:
+            if not (target / result_name).exists():
+                raise LlvError(f"resume={resume} is a folder without {result_name}")
             target = target / result_name
+        if not target.exists():
+            raise LlvError(f"resume={resume}: no such file")
         if not target.is_file():
-            raise LlvError(f"resume={resume}: no such result file")
+            raise LlvError(f"resume={resume} is a folder without {result_name or 'a result file'}")
+        out = cfg.get("out")
+        if out and Path(str(out)).resolve() != target.parent.resolve():
+            raise LlvError(f"resume={resume} lies outside out={out}: pass one of them")
         return target.parent, target
-    if cfg.get("out") and result_name and (Path(str(cfg.out)) / result_name).is_file():
-        return Path(str(cfg.out)), Path(str(cfg.out)) / result_name
-    return make_run_dir(cfg), None
+    if cfg.get("out"):
+        run_dir = Path(str(cfg.out))
+        candidate = run_dir / result_name if result_name else None
+        if candidate is not None and candidate.is_file() and _is_grid_result(candidate):
+            return run_dir, candidate
+        return run_dir, None
+    return make_run_dir(cfg, create=False), None
+
+
+def _is_grid_result(path: Path) -> bool:
+    """A result file with a ``done`` mask (a Hessian point file has none: it is recomputed)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "done" in f
+    except OSError:
+        return True  # not HDF5 at all: _result_attrs says so in one line
+
+
+def _result_attrs(path: Path, command: str) -> dict:
+    """The attrs of the result file to continue; refused when it is not llv's or not this command's."""
+    from llv.storage.surface import SurfaceFile
+
+    attrs = SurfaceFile.open(path).attrs
+    made_by = attrs.get("command")
+    if made_by and made_by != command:
+        raise LlvError(f"{path} is a result of `llv {made_by}`: continue it with "
+                       f"`llv {made_by} resume={path}`")
+    return attrs
+
+
+def _refuse_other_command(run_dir: Path, command: str) -> None:
+    """``out=`` must not be another command's run: its files (``config.yaml`` first) are its own."""
+    saved = _load_yaml(run_dir / "config.yaml")
+    other = saved.get("command") if isinstance(saved, dict) else None
+    if other and other != command:
+        raise LlvError(f"{run_dir} holds a `llv {other}` run: pass another out= for llv {command} "
+                       f"(its files would be mixed with that run's)")
+
+
+def _stored_config(run_dir: Path, existing: Path | None, attrs: dict | None,
+                   command: str) -> tuple[dict | None, str | None]:
+    """The config an earlier run of this folder recorded, and where (for messages)."""
+    if attrs is not None and attrs.get("config"):
+        import yaml
+
+        try:
+            stored = yaml.safe_load(str(attrs["config"]))
+        except yaml.YAMLError:
+            stored = None
+        if isinstance(stored, dict):
+            if not stored.get("checkpoint") and attrs.get("checkpoint"):
+                stored["checkpoint"] = str(attrs["checkpoint"])  # the default it used, made explicit
+            return stored, str(existing)
+    if command not in RESULT_COMMANDS:
+        return None, None
+    saved = _load_yaml(run_dir / "config.yaml")
+    if isinstance(saved, dict) and saved.get("command") == command:
+        return saved, str(run_dir / "config.yaml")
+    return None, None
+
+
+def _load_yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+_ABSENT = object()
+
+
+def reconcile(given: Mapping, default: Mapping, stored: Mapping, source: str,
+              explicit: Callable[[str], bool] | None = None, prefix: str = "") -> dict:
+    """``given`` with every key the user did not set taken from ``stored``.
+
+    A key the user set to something other than the stored value is refused, naming it, unless
+    it only controls how the run computes (:data:`CONTROL_KEYS`: the user's value wins). Keys of
+    :data:`NOT_INHERITED` stay as given. ``explicit(path)`` says whether the user set a key
+    (:func:`llv.config.given_keys`); without it, a key set is one that differs from ``default``.
+
+    >>> reconcile({"seed": 0, "device": "cpu"}, {"seed": 0, "device": "auto"},
+    ...           {"seed": 3, "device": "cuda"}, "old.h5")
+    {'seed': 3, 'device': 'cpu'}
+    >>> reconcile({"seed": 1}, {"seed": 0}, {"seed": 3}, "old.h5")
+    Traceback (most recent call last):
+    ...
+    llv.errors.LlvError: seed=1 contradicts old.h5, which was made with seed=3: leave seed out to continue that run, or pass another out=
+    """
+    out = dict(given)
+    for key, kept in stored.items():
+        path = f"{prefix}{key}"
+        if path in NOT_INHERITED:
+            continue
+        mine = given.get(key, _ABSENT)
+        base = default.get(key, _ABSENT) if isinstance(default, Mapping) else _ABSENT
+        was_given = (not _same(mine, base)) if explicit is None else explicit(path)
+        if mine is _ABSENT or not was_given:
+            out[key] = kept
+        elif _same(mine, kept) or _is_control(path):
+            continue
+        elif isinstance(mine, Mapping) and isinstance(kept, Mapping):
+            out[key] = reconcile(mine, base if isinstance(base, Mapping) else {}, kept, source,
+                                 explicit, f"{path}.")
+        else:
+            raise LlvError(f"{path}={_show(mine)} contradicts {source}, which was made with "
+                           f"{path}={_show(kept)}{_what_it_holds(path, mine, kept)}: leave {path} "
+                           "out to continue that run, or pass another out=")
+    return out
+
+
+def _what_it_holds(path: str, mine, kept) -> str:
+    """For ``eval.splits``: the metrics the file has and this run would need."""
+    if path != "eval.splits" or not isinstance(mine, list) or not isinstance(kept, list):
+        return ""
+    missing = [f"{s}_loss" for s in mine if s not in kept]
+    return f" (it has {', '.join(f'{s}_loss' for s in kept)}, no {', '.join(missing)})" if missing else ""
+
+
+def explicit_keys(cfg) -> Callable[[str], bool] | None:
+    """``path -> whether the user's overrides set it`` (or a key inside or around it), from
+    :func:`llv.config.given_keys`; None when unknown (then a key differing from the default
+    counts as set). An ``experiment=`` preset sets what it changes from the default."""
+    from llv.config import given_keys
+
+    keys = given_keys(cfg)
+    if keys is None:
+        return None
+    default = default_config(str(cfg.command))
+    plain = _plain(cfg)
+
+    def explicit(path: str) -> bool:
+        if any(k == path or k.startswith(path + ".") or path.startswith(k + ".") for k in keys):
+            return True
+        if "experiment" in keys:
+            return not _same(_lookup(plain, path), _lookup(default, path))
+        return False
+
+    return explicit
+
+
+def _lookup(tree, path: str):
+    for part in path.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+def _same(a, b) -> bool:
+    if a is _ABSENT or b is _ABSENT:
+        return a is b
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return a == b
+
+
+def _is_control(path: str) -> bool:
+    return any(path == k or path.startswith(k + ".") for k in CONTROL_KEYS)
+
+
+def _show(value) -> str:
+    from llv.schema import _show as show
+
+    if isinstance(value, Mapping) and "name" in value:
+        return str(value["name"])
+    return show(value).strip("'")
+
+
+@cache
+def _default_plain(command: str) -> str:
+    from llv.config import compose, to_yaml
+
+    return to_yaml(compose(command, []))
+
+
+def default_config(command: str) -> dict:
+    """The command's config with no overrides (what "not given" means), as plain dicts."""
+    import yaml
+
+    return yaml.safe_load(_default_plain(command))
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def _as_config(plain: Mapping):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(dict(plain))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+# --------------------------------------------------------------------------- the checkpoint
+
+
+def _checkpoint_path(cfg, given, model_given: bool) -> Path:
+    """The checkpoint file: given, ``checkpoint=``, else the latest training run's ``final.pt``
+    (for any model when none was given: the checkpoint then says which)."""
+    from llv.checkpoint import latest_trained
+
+    if given is None and cfg.get("checkpoint"):
+        given = cfg.checkpoint
+    if given is None:
+        model = str(cfg.model.name) if model_given else None
+        return latest_trained(cfg.get("outputs"), model, str(cfg.dataset.name))
+    return check_file(given, "checkpoint")
+
+
+def check_file(path, key: str) -> Path:
+    """``path`` when it is an existing file; one line naming ``key`` otherwise."""
+    path = Path(str(path))
+    if path.is_dir():
+        raise LlvError(f"{key}={path} is a folder, not a file")
+    if not path.exists():
+        raise LlvError(f"{key}={path} does not exist")
+    return path
+
+
+def _model_given(plain: Mapping, explicit, inherited: bool) -> bool:
+    """Whether ``model`` was chosen (by the user, or by the earlier run it continues)."""
+    if inherited:
+        return True
+    if explicit is not None:
+        return explicit("model")
+    return not _same(plain.get("model"), default_config(str(plain["command"])).get("model"))
+
+
+def _take_model_of(cfg, path: Path, model_given: bool, explicit) -> None:
+    """``model`` from the checkpoint's recorded config when none was given; a given one that
+    contradicts it is refused, naming the key (it would not load, or not mean the same)."""
+    from llv.checkpoint import model_config_of
+
+    recorded = model_config_of(path)
+    if not recorded:
+        return
+    if not model_given:
+        cfg.model = recorded
+        return
+    default = default_config(str(cfg.command)).get("model") or {}
+    cfg.model = reconcile({"model": _plain(cfg.model)}, {"model": default}, {"model": recorded},
+                          f"checkpoint {path}", explicit)["model"]
+
+
+def _check_run_directions(cfg, run_dir: Path, existing: Path | None, same_run: bool,
+                          digest: str) -> None:
+    """A ``directions.h5`` already in the folder is this run's own (then reused) or refused:
+    making new directions would overwrite it."""
+    from llv.storage.directions import FILE
+
+    found = run_dir / FILE
+    if (str(cfg.command) not in ("surface", "interpolate", "hessian") or cfg.get("dir_file")
+            or existing is not None or not found.is_file()):
+        return
+    if not same_run:
+        raise LlvError(f"{run_dir} already holds {FILE} of another run: use it with "
+                       f"dir_file={found}, or pass another out=")
+    from llv.h5 import open_h5, read_attrs
+
+    with open_h5(found, "a direction file") as f:
+        made_at = read_attrs(f).get("checkpoint_sha256")
+    if made_at and made_at != digest:
+        raise LlvError(f"{found} was made at another checkpoint than {cfg.checkpoint or 'this run'}'s: "
+                       "pass another out=")

@@ -27,17 +27,14 @@ def run(cfg):
     from llv.params import ParameterSpace
     from llv.storage import projection as projection_file
     from llv.tasks._grid import DIRECTION_FILE, compute_surface
-    from llv.tasks.session import start
+    from llv.tasks.session import running
 
-    run_dir = train_run_dir(cfg)
-    cfg = with_run_model(cfg, run_dir)
-    settings = cfg.trajectory
-    resolution = GridSpec.from_cfg(cfg.grid)
-    if settings.surface:
-        tr.box_grid(((0.0, 1.0), (0.0, 1.0)), resolution)  # a 1D grid fails here, before any work
-    points = tr.choose_epochs(run_dir, settings.get("epochs"))
-    session = start(cfg, SURFACE_FILE, checkpoint=points[-1][1])
-    try:
+    with running(cfg, SURFACE_FILE, prepare=_prepare) as session:
+        cfg = session.cfg
+        settings = cfg.trajectory
+        run_dir = train_run_dir(cfg)
+        points = tr.choose_epochs(run_dir, settings.get("epochs"))
+        resolution = GridSpec.from_cfg(cfg.grid)
         space = ParameterSpace.of(session.model, str(cfg.direction.type))
         dir_path = session.run_dir / DIRECTION_FILE
         projection = session.run_dir / PROJECTION_FILE
@@ -64,8 +61,21 @@ def run(cfg):
                 _plot(cfg, projection)
             return projection
         return None
-    finally:
-        session.close()
+
+
+def _prepare(cfg, out_dir: Path) -> Path:
+    """The train run, its model and data set, the epochs and the grid, checked before any work;
+    returns θ_n's checkpoint. ``run=`` is recorded as the resolved folder, for a resume."""
+    from llv import path_pca as tr
+    from llv.config import GridSpec
+
+    run_dir = train_run_dir(cfg)
+    cfg.run = str(run_dir)
+    trained = with_run_model(cfg, run_dir)
+    cfg.model, cfg.dataset = trained.model, trained.dataset
+    if cfg.trajectory.surface:
+        tr.box_grid(((0.0, 1.0), (0.0, 1.0)), GridSpec.from_cfg(cfg.grid))  # a 1D grid fails here
+    return tr.choose_epochs(run_dir, cfg.trajectory.get("epochs"))[-1][1]
 
 
 def train_run_dir(cfg) -> Path:
