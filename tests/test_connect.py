@@ -70,6 +70,16 @@ def test_trained_curve_has_a_lower_barrier_and_ends_at_the_models(digits, path, 
                           directions=llv.directions(a, "plane", targets=(b, c.control)))
     if path == "polychain":
         assert c.curve_loss[10] == pytest.approx(float(control["train_loss"][0, 0]), abs=1e-5)
+    through = c.plane(a, b)  # orthonormal: the paths' coordinates are the same points
+    for k in (4, 10, 16):
+        for points, losses in ((through.curve, c.curve_loss), (through.line, c.line_loss)):
+            u, v = points[k]
+            at = llv.surface(a, data, x=(u, u, 1), y=(v, v, 1), directions=through.directions,
+                             batch_size=100, progress=False)
+            assert float(at["train_loss"][0, 0]) == pytest.approx(losses[k], abs=1e-5)
+    drawn = c.plot().lines  # the one split: the curve (solid) and the line (dashed)
+    assert [line.get_linestyle() for line in drawn] == ["-", "--"]
+    np.testing.assert_array_equal(drawn[1].get_ydata(), c.line_loss)
     # saved and read back, the control point as a checkpoint
     c.save(tmp_path / "curve.h5")
     back = Connection.load(tmp_path / "curve.h5")
