@@ -248,7 +248,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             path: str | Path | None = None, resume: bool = True, comm=None, chunk_points: int = 64,
             stop_after: int | None = None, eps: float = 0.1, attrs: Mapping | None = None,
             probe: str | bool = False, recorded_metrics: Mapping | None = None,
-            fold: bool = True, compile: str = "auto",
+            fold: bool = True, compile: str = "auto", approx: bool = False,
+            target_se: float = 0.005, approx_rel_tol: float | None = None, approx_start: int = 64,
             coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> Surface | None:
     """The loss (and accuracy) surface f(α, β) = L(θ + αδ + βη) around ``model``'s parameters.
 
@@ -275,6 +276,10 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
         probe: ``False``, ``True`` or ``"strict"``: pre-flight checks of the picture.
         fold: fold BatchNorm into the layer before it at every point (exact in eval mode;
             :mod:`llv.fold` says which pairs and why others are not).
+        approx: the certified fast mode (:class:`llv.evaluate.Approximation`): each point on a
+            seeded subset that grows until the standard error of its loss is at most
+            ``target_se`` × the surface's range (and ``approx_rel_tol`` × the loss, if given);
+            ``<split>_n`` and ``<split>_loss_se``/``<split>_acc_se`` record what each point used.
         compile: ``auto`` compiles the one-point forward with ``torch.compile`` when the grid
             has enough passes to repay the compile time (reported as ``compile_seconds``),
             ``on``/``off`` force it.
@@ -314,11 +319,22 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     if list(directions.space.names) != list(space.names):
         raise LlvError("the directions are for other tensors than the model's "
                        f"{space.type} (direction type {directions.space.type})")
+    approximation = None
+    if approx:
+        from llv.evaluate import Approximation
+
+        approximation = Approximation(target_se, approx_rel_tol, approx_start, seed=int(seed),
+                                      batch_size=min(b.stored[0][1].shape[0] if isinstance(b.stored[0], tuple)
+                                                     else 128 for b in splits.values()))
     evaluator = PointEvaluator(model, space, _model_values(model, space, device), directions.flat(),
                                splits, loss=loss, points_per_batch=int(points_per_batch),
                                precision=precision, channels_last=channels_last, bn_data=bn_batches,
                                accuracy=accuracy, device=device, fold=fold, compile=compile,
-                               expected_points=grid.num_points * directions.ensemble)
+                               expected_points=grid.num_points * directions.ensemble,
+                               approx=approximation)
+    approx_attrs = {}
+    if approximation is not None:
+        approx_attrs = _approximation_scale(evaluator, grid, directions, path, resume, splits)
     probe_attrs = {}
     if probe and str(probe).lower() not in ("false", "0", "off", "none"):
         from llv.probe import run_probe
@@ -334,7 +350,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                  "ensemble": directions.ensemble, "splits": ",".join(splits), "bn": bn,
                  "llv_version": __version__, "seconds": 0.0, "precision": precision,
                  "bn_folded": len(evaluator.folded.folded_pairs) if evaluator.folded else 0,
-                 **_compile_attrs(evaluator.compile), **probe_attrs, **dict(attrs or {})}
+                 **_compile_attrs(evaluator.compile), **approx_attrs, **probe_attrs, **dict(attrs or {})}
     run_attrs.setdefault("command", "surface")
     before = flatten(space, space.values(model))
     if evaluator.variance_floors:
@@ -356,6 +372,51 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             log.info(f"stopped with {int((~file.done).sum())} points to go"
                      + (f": resume with resume={file.path}" if file.path else ""))
     return Surface.of(file.to_surface(), directions)
+
+
+def _hessian_estimate(h: Hessian, points: int, tol: float, seed: int) -> dict:
+    """Products per point (a cold run at the centre) × the measured seconds of one product."""
+    from llv.curvature import spectrum_ends
+
+    op = h.operator
+    began = time.perf_counter()
+    ends = spectrum_ends(op, 1, 1, tol=tol, seed=seed)
+    seconds = time.perf_counter() - began
+    per = max(ends["num_hvp"], 1)
+    hvp_seconds = seconds / per
+    return {"num_hvp": per, "hvp_seconds": hvp_seconds, "seconds": points * per * hvp_seconds}
+
+
+def _approximation_scale(evaluator: PointEvaluator, grid: GridSpec, directions_: dirs.Directions,
+                         path, resume: bool, splits) -> dict:
+    """The fast mode's scale: the loss range over the exact centre and corners (or, when resuming,
+    the scale the file was started with, so that the run makes the same choices)."""
+    approximation = evaluator.approx
+    if path is not None and resume and Path(path).is_file():
+        stored = SurfaceFile.open(path).attrs.get("approx_scale")
+        if stored is not None:
+            approximation.scale = float(stored)
+    if approximation.scale is None:
+        xs = [grid.x.min, grid.x.max]
+        ys = [grid.y.min, grid.y.max] if grid.ndim == 2 else [0.0]
+        pilot = [(0.0, 0.0)] + [(x, y) for x in xs for y in ys]
+        rows = torch.zeros(len(pilot), directions_.flat().shape[0])
+        for i, (x, y) in enumerate(pilot):
+            rows[i, 0] = x
+            if grid.ndim == 2:
+                rows[i, 1] = y
+        first = next(iter(splits))
+        losses = evaluator.evaluate(rows)[f"{first}_loss"].cpu().numpy()
+        finite = losses[np.isfinite(losses)]
+        scale = float(finite.max() - finite.min()) if finite.size > 1 else 0.0
+        if not scale > 0:
+            scale = float(abs(finite).max()) if finite.size else 1.0
+        approximation.scale = scale
+        log.info(f"approximate mode: loss range {scale:.4g} over the exact centre and corners; each point "
+                 f"stops when its standard error is at most {approximation.target_se * scale:.3g}")
+    return {"approx": True, "approx_scale": approximation.scale, "target_se": approximation.target_se,
+            "approx_rel_tol": approximation.rel_tol if approximation.rel_tol is not None else float("nan"),
+            "approx_start": approximation.start, "approx_seed": approximation.seed}
 
 
 def _compile_attrs(choice) -> dict:
@@ -437,11 +498,19 @@ def hessian(model: nn.Module, data, *, loss="ce", batch_size="auto", dtype: torc
 def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxis = (-1, 1, 21),
                 directions: dirs.Directions | None = None, norm: str = "filter", ignore: str = "biasbn",
                 seed: int = 0, loss="ce", batch_size="auto", tol: float = 1e-3, lanczos_seed: int = 0,
+                warm_start: bool = True,
                 dtype: torch.dtype | None = None, split: str = "train", path=None, resume: bool = True,
                 comm=None, chunk_points: int = 64, stop_after: int | None = None, progress: bool = True,
                 attrs: Mapping | None = None) -> Surface | None:
     """λmax and λmin of the Hessian at every point of the plane (paper §6): ``max_eig``,
-    ``min_eig`` and ``<split>_loss``; the figure shows |λmin/λmax|."""
+    ``min_eig``, ``<split>_loss`` and the ``num_hvp`` each point took; the figure shows
+    |λmin/λmax|.
+
+    Before the grid starts, the time is estimated from one cold Lanczos run at the centre
+    (its products × the measured cost of one product) and logged. With ``warm_start`` each
+    point's Lanczos starts from the previous point's Ritz vectors (within a chunk of
+    ``chunk_points``: chunks start cold, so results do not depend on the number of ranks).
+    """
     grid = GridSpec.of(x, y)
     space = ParameterSpace.of(model, "weights")
     if directions is None:
@@ -450,25 +519,36 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
     base_h = Hessian(model, data, loss=loss, batch_size=batch_size, dtype=dtype)
     base = dict(zip(space.names, space.values(model)))
     points = PointMap(space, base, directions.flat(), base_h.operator.device)
-    metrics = ["max_eig", "min_eig", f"{split}_loss"]
-    from llv.curvature import HessianOperator, extreme_eigenvalues
+    metrics = ["max_eig", "min_eig", f"{split}_loss", "num_hvp"]
+    from llv.curvature import HessianOperator, spectrum_ends
+
+    estimate = _hessian_estimate(base_h, grid.num_points * directions.ensemble, tol, lanczos_seed)
+    if progress:
+        log.info(f"estimated time: {grid.num_points * directions.ensemble} points x ~{estimate['num_hvp']} "
+                 f"Hessian-vector products (cold; warm starts use fewer) x {estimate['hvp_seconds']:.3g} s "
+                 f"= {estimate['seconds']:.0f} s on this process")
 
     def point_function(rows: torch.Tensor) -> dict[str, np.ndarray]:
         out = {name: [] for name in metrics}
-        for row in rows:
+        start = None  # warm start from the previous point of the same chunk (chunks start cold,
+        for row in rows:  # so every world size and chunking gives the same numbers)
             state = {n: t[0] for n, t in points.tensors(row[None]).items()}
             op = HessianOperator.like(base_h.operator, state)
-            ends = extreme_eigenvalues(op, tol=tol, seed=lanczos_seed)
-            out["max_eig"].append(ends["lambda_max"])
-            out["min_eig"].append(ends["lambda_min"])
+            ends = spectrum_ends(op, 1, 1, tol=tol, seed=lanczos_seed, start=start if warm_start else None)
+            start = ends["vectors"].sum(dim=0) if ends["vectors"] is not None else None
+            out["max_eig"].append(ends["top"][0] if ends["converged"] else np.nan)
+            out["min_eig"].append(ends["bottom"][0] if ends["converged"] else np.nan)
+            out["num_hvp"].append(ends["num_hvp"])
             out[f"{split}_loss"].append(op.loss_value())
-        return {k: np.asarray(v) for k, v in out.items()}
+        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
     from llv import __version__
 
     run_attrs = {"command": "hessian", "norm": directions.attrs.get("norm"), "type": space.type,
                  "kind": directions.attrs.get("kind"), "ignore": directions.attrs.get("ignore"),
                  "loss": loss if isinstance(loss, str) else "callable", "hessian_tol": float(tol),
+                 "warm_start": bool(warm_start), "estimated_hvp_per_point": estimate["num_hvp"],
+                 "hvp_seconds": estimate["hvp_seconds"],
                  "llv_version": __version__, "seconds": 0.0, "ensemble": directions.ensemble,
                  **dict(attrs or {})}
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}

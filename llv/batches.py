@@ -177,6 +177,47 @@ class Batches:
                        channels_last)
 
 
+def _concatenate(batches: list):
+    first = batches[0]
+    if torch.is_tensor(first):
+        return torch.cat(batches)
+    if isinstance(first, Mapping):
+        return {k: _concatenate([b[k] for b in batches]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concatenate([b[i] for b in batches]) for i in range(len(first)))
+    raise LlvError(f"cannot join batch entries of type {type(first).__name__}")
+
+
+def _take(batch, index: Tensor):
+    return _map_tensors(batch, lambda t: t[index.to(t.device)] if t.dim() > 0 else t)
+
+
+def permuted_slices(batches: Batches, seed: int, sizes: Sequence[int], batch_size: int) -> list[list]:
+    """The examples of ``batches`` in a seeded random order, cut into stages: stage ``s`` holds
+    the examples from ``sizes[s-1]`` (0 for the first) to ``sizes[s]``, in batches of at most
+    ``batch_size``. Every stage's examples are the next ones of the same order, so the first
+    ``sizes[s]`` examples are a uniform random subset without replacement, nested in the next.
+
+    >>> data = as_batches((torch.arange(10.0)[:, None], torch.arange(10)), batch_size=4)
+    >>> [[len(b[1]) for b in stage] for stage in permuted_slices(data, 0, [2, 4, 10], 3)]
+    [[2], [2], [3, 3]]
+    """
+    if not batches.resident:
+        raise LlvError("the approximate mode needs the data in memory (they are streamed here)")
+    try:
+        joined = _concatenate(list(batches.stored))
+    except (RuntimeError, LlvError) as exc:
+        raise LlvError(f"the approximate mode needs batches of one shape to draw subsets from ({exc})") from None
+    order = torch.randperm(batches.num_examples, generator=torch.Generator().manual_seed(int(seed)))
+    stages, start = [], 0
+    for size in sizes:
+        stop = min(int(size), batches.num_examples)
+        stage = [_take(joined, order[i:min(i + batch_size, stop)]) for i in range(start, stop, batch_size)]
+        stages.append(stage)
+        start = stop
+    return stages
+
+
 def _is_tensor_pair(data) -> bool:
     return (isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data)
             and data[0].dim() > 0 and data[1].dim() > 0 and len(data[0]) == len(data[1]))

@@ -43,6 +43,7 @@ from llv.params import ParameterSpace, eval_mode, flatten, unflatten
 
 __all__ = [
     "HVP_METHODS",
+    "spectrum_ends",
     "HessianOperator",
     "bottom_eigenpairs",
     "extreme_eigenvalues",
@@ -336,8 +337,12 @@ def _lanczos_ends(
     seed: int,
     max_basis: int,
     vectors: bool,
+    start: Tensor | None = None,
 ):
     """Thick-restart Lanczos for the ``top`` largest and ``bottom`` smallest eigenpairs.
+
+    ``start`` (a vector of length n) replaces the seeded random start vector: a warm start,
+    e.g. the sum of a neighbouring point's Ritz vectors.
 
     A Ritz pair (θ, y) counts as converged when ‖Hy − θy‖ ≤ tol · max(|θ|, √eps · ‖T‖): tol
     relative, with a floor for eigenvalues near zero, which float32 products cannot resolve
@@ -354,7 +359,9 @@ def _lanczos_ends(
     basis = torch.zeros(size, n, dtype=op.dtype, device=op.device)
     projected = np.zeros((size, size))
     floor = math.sqrt(torch.finfo(op.dtype).eps)
-    start = torch.randn(n, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
+    if start is None or not bool(torch.isfinite(start).all()) or float(start.norm()) == 0.0:
+        start = torch.randn(n, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
+    start = start.to(op.device, op.dtype).reshape(-1)
     v, j, used = start / start.norm(), 0, 0
     while True:
         w, norm = _expand(op, basis, projected, j, v)
@@ -417,6 +424,36 @@ def _eigenpairs(op: HessianOperator, top: int, bottom: int, tol: float, seed: in
     if not converged:
         raise RuntimeError(f"Lanczos did not converge to tol={tol} for {k} eigenpairs")
     return values, rows
+
+
+def spectrum_ends(op: HessianOperator, top: int = 1, bottom: int = 1, tol: float = 1e-3,
+                  seed: int = 0, *, start: Tensor | None = None, max_basis: int = 50,
+                  maxiter: int | None = None) -> dict:
+    """The ``top`` largest and ``bottom`` smallest eigenpairs from ONE Krylov space.
+
+    λmax, λmin and the top-k come from the same Lanczos run, so asking for all of them costs
+    what the slowest to converge costs, not the sum. ``start`` warm-starts the run.
+
+    Returns:
+        ``{"top": values descending, "bottom": values ascending, "vectors": rows (top first,
+        then bottom) on op.device, "num_hvp": int, "converged": bool}``.
+    """
+    if not 1 <= top + bottom <= op.n:
+        raise ValueError(f"top + bottom must be between 1 and n={op.n}, got {top + bottom}")
+    before = op.num_hvp
+    if _dense_is_cheaper(op.n, top + bottom):
+        values, rows = _dense_ends(op, top, bottom)
+        converged = True
+    else:
+        values, rows, converged = _lanczos_ends(op, top, bottom, tol, maxiter, seed, max_basis, True,
+                                                start)
+        if not converged:
+            log.warning("Lanczos did not converge to tol=%g in %d products", tol, op.num_hvp - before)
+    values = np.asarray(values)
+    order = np.r_[bottom:bottom + top][::-1], np.arange(bottom)
+    return {"top": values[order[0]].copy(), "bottom": values[order[1]].copy(),
+            "vectors": torch.cat([rows[order[0].copy()], rows[order[1]]]) if rows is not None else None,
+            "num_hvp": op.num_hvp - before, "converged": bool(converged)}
 
 
 def extreme_eigenvalues(

@@ -45,6 +45,68 @@ class PointMap:
         return unflatten(self.space, flat)
 
 
+def subset_mean_and_se(total: float, squares: float, n: int, population: int) -> tuple[float, float]:
+    """Mean of ``n`` values drawn without replacement from ``population``, and its standard
+    error with the finite-population correction (zero when the subset is the whole split).
+
+    >>> subset_mean_and_se(6.0, 14.0, 3, 3)
+    (2.0, 0.0)
+    >>> round(subset_mean_and_se(6.0, 14.0, 3, 5)[1], 6)  # sqrt(1/3 * (5-3)/(5-1))
+    0.408248
+    """
+    import math
+
+    mean = total / n
+    variance = max(squares - n * mean * mean, 0.0) / max(n - 1, 1)
+    correction = (population - n) / (population - 1) if population > 1 else 0.0
+    return mean, math.sqrt(max(variance / n * correction, 0.0))
+
+
+class Approximation:
+    """The certified fast mode (``eval.approx=true``): each point on a growing seeded subset.
+
+    A point's loss is first estimated on ``start`` examples of a seeded random order of the
+    split, then on twice as many (the first ones plus the next), and so on, until its
+    standard error (finite-population corrected) is at most ``target_se`` × ``scale`` — the
+    range of the surface, measured once before the grid on the exact centre and corners —
+    and, with ``rel_tol``, at most ``rel_tol`` × the loss itself (for log-scale pictures). The
+    subset never exceeds the split. The order, the stages and the scale are fixed before the
+    first point, so a resumed run and every world size make the same choices and give the
+    same numbers.
+    """
+
+    def __init__(self, target_se: float = 0.005, rel_tol: float | None = None, start: int = 64,
+                 seed: int = 0, scale: float | None = None, batch_size: int = 128):
+        if not target_se > 0:
+            raise LlvError(f"eval.target_se must be a positive number, got {target_se}")
+        if rel_tol is not None and not rel_tol > 0:
+            raise LlvError(f"eval.approx_rel_tol must be positive or null, got {rel_tol}")
+        if int(start) < 2:
+            raise LlvError(f"eval.approx_start must be at least 2, got {start}")
+        self.target_se, self.rel_tol, self.start = float(target_se), rel_tol, int(start)
+        self.seed, self.scale, self.batch_size = int(seed), scale, int(batch_size)
+        self.stages: dict = {}
+
+    def prepare(self, data: Mapping[str, Batches]) -> None:
+        from llv.batches import permuted_slices
+
+        for split, batches in data.items():
+            sizes, size = [], self.start
+            while size < batches.num_examples:
+                sizes.append(size)
+                size *= 2
+            sizes.append(batches.num_examples)
+            self.stages[split] = permuted_slices(batches, self.seed, sizes, self.batch_size)
+
+    def good_enough(self, mean: float, se: float) -> bool:
+        if self.scale is None:
+            return False  # the exact pilot points: the whole split
+        ok = se <= self.target_se * self.scale
+        if self.rel_tol is not None:
+            ok = ok and se <= self.rel_tol * abs(mean)
+        return ok
+
+
 #: A moved BatchNorm running variance is kept at or above this share of its smallest value at
 #: the centre and at the tip of every direction (see :func:`variance_floors`).
 VARIANCE_FLOOR = 1e-3
@@ -112,7 +174,7 @@ class PointEvaluator:
                  directions: torch.Tensor, data: Mapping[str, Batches], loss="ce",
                  points_per_batch: int = 1, precision: str = "fp32", channels_last: bool = False,
                  bn_data: Batches | None = None, accuracy=None, device=None, fold: bool = True,
-                 compile: str = "off", expected_points: int = 0):
+                 compile: str = "off", expected_points: int = 0, approx: Approximation | None = None):
         if precision not in PRECISIONS:
             raise LlvError(f"unknown eval.precision '{precision}'; valid: {', '.join(PRECISIONS)}")
         check_loss(loss)
@@ -146,6 +208,9 @@ class PointEvaluator:
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)
                            for b in ("running_mean", "running_var", "num_batches_tracked")
                            if getattr(m, b, None) is not None]
+        self.approx = approx
+        if approx is not None:
+            approx.prepare(self.data)
         self.folded = None
         if fold and self.bn_modules:
             from llv.fold import FoldedForward
@@ -192,6 +257,8 @@ class PointEvaluator:
         for split in self.data:
             names += [f"{split}_loss"] + ([f"{split}_acc"] if self.with_accuracy[split] else []) + [
                 f"{split}_loss_se"]
+            if self.approx is not None:
+                names += [f"{split}_n"] + ([f"{split}_acc_se"] if self.with_accuracy[split] else [])
         return names
 
     def point_tensors(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,6 +279,9 @@ class PointEvaluator:
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def _evaluate_group(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.approx is not None:
+            parts = [self._evaluate_subsets(c[None]) for c in coefficients]
+            return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         vmapped = len(coefficients) > 1 and not self.bn_data and not callable(self.loss)
         if len(coefficients) > 1 and not vmapped:
             parts = [self._evaluate_group(c[None]) for c in coefficients]
@@ -244,6 +314,41 @@ class PointEvaluator:
             if self.with_accuracy[split]:
                 out[f"{split}_acc"] = 100.0 * correct / n
             out[f"{split}_loss_se"] = (variance / n).sqrt()
+        return out
+
+    def _evaluate_subsets(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One point on growing seeded subsets until its standard error is small enough."""
+        params = self.point_tensors(coefficients)
+        if self.bn_data:
+            params.update({n: t[None] for n, t in self.recompute_bn({n: t[0] for n, t in params.items()}).items()})
+        one = {n: t[0] for n, t in params.items()}
+        out = {}
+        for split in self.data:
+            total = squares = correct = correct_squares = 0.0
+            n = 0
+            population = self.data[split].num_examples
+            for stage in self.approx.stages[split]:
+                for batch in stage:
+                    args, kwargs, targets = split_batch(batch)
+                    with self._autocast():
+                        outputs = self._forward_one(one, args, kwargs)
+                    losses, hits = self._per_example(outputs, batch, targets, split, False)
+                    total += float(losses.sum())
+                    squares += float((losses ** 2).sum())
+                    if hits is not None:
+                        correct += float(hits.sum())
+                        correct_squares += float((hits ** 2).sum())
+                    n += int(losses.shape[-1])
+                mean, se = subset_mean_and_se(total, squares, n, population)
+                if self.approx.good_enough(mean, se):
+                    break
+            out[f"{split}_loss"] = torch.tensor([mean], dtype=torch.float64)
+            out[f"{split}_loss_se"] = torch.tensor([se], dtype=torch.float64)
+            out[f"{split}_n"] = torch.tensor([float(n)], dtype=torch.float64)
+            if self.with_accuracy[split]:
+                accuracy, accuracy_se = subset_mean_and_se(correct, correct_squares, n, population)
+                out[f"{split}_acc"] = torch.tensor([100.0 * accuracy], dtype=torch.float64)
+                out[f"{split}_acc_se"] = torch.tensor([100.0 * accuracy_se], dtype=torch.float64)
         return out
 
     def _per_example(self, outputs, batch, targets, split: str, vmapped: bool):

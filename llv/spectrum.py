@@ -23,16 +23,18 @@ from torch import nn
 from llv.curvature import (
     HessianOperator,
     bottom_eigenpairs,
-    extreme_eigenvalues,
     hutchinson_trace,
     smooth_density,
     spectral_density,
+    spectrum_ends,
     top_eigenpairs,
 )
 from llv.errors import LlvError
 from llv.results import Density, Eigenvalues, Trace
 
 WHICH = ("top", "bottom", "extremes")
+#: What ``llv hessian`` can compute at a point (``hessian.compute``).
+COMPUTE = ("extremes", "top_k", "trace", "density", "sharpness")
 
 
 class Hessian:
@@ -90,9 +92,13 @@ class Hessian:
             raise LlvError(f"tol must be a positive finite number, got {tol}")
         op = self.operator
         if which == "extremes":
-            ends = extreme_eigenvalues(op, tol=tol, seed=seed)
-            values = np.array([ends["lambda_max"], ends["lambda_min"]])
-            return Eigenvalues(values, ends["num_hvp"], None, None)
+            ends = spectrum_ends(op, 1, 1, tol=tol, seed=seed)
+            values = np.array([ends["top"][0], ends["bottom"][0]])
+            if not ends["converged"]:
+                values[:] = np.nan
+            residuals = self._residuals(values, ends["vectors"]) if ends["converged"] else None
+            return Eigenvalues(values, ends["num_hvp"], residuals,
+                               ends["vectors"] if vectors else None)
         k = min(int(k), op.n)
         find = top_eigenpairs if which == "top" else bottom_eigenpairs
         values, rows, used = find(op, k=k, tol=tol, seed=seed)
@@ -135,8 +141,21 @@ class Hessian:
                 density_runs: int = 2, density_steps: int = 48, density_sigma: float = 0.01,
                 seed: int = 0, compute=("extremes", "top_k", "trace", "density")) -> dict:
         """What ``llv hessian`` stores at a point, as flat keys (with seconds per part)."""
-        result = {"loss": self.loss(), "dimension": self.dimension}
+        unknown = sorted(set(compute) - set(COMPUTE))
+        if unknown:
+            raise LlvError(f"unknown hessian.compute entries {unknown}; valid: {', '.join(COMPUTE)}")
+        result = {"loss": self.loss(), "dimension": self.dimension, "compute": ",".join(compute)}
         seconds = {}
+        if "extremes" in compute and "top_k" in compute:
+            # one Krylov space serves λmax, λmin and the top-k
+            start = time.perf_counter()
+            k = min(int(top_k), self.dimension - 1) if self.dimension > 1 else 1
+            ends = spectrum_ends(self.operator, k, 1, tol=tol, seed=seed)
+            seconds["extremes"] = seconds["top_k"] = time.perf_counter() - start
+            result.update(lambda_max=float(ends["top"][0]), lambda_min=float(ends["bottom"][0]),
+                          num_hvp_extremes=ends["num_hvp"], eigenvalues=ends["top"],
+                          num_hvp_top_k=0, shared_krylov=True)
+            compute = [c for c in compute if c not in ("extremes", "top_k")]
         if "extremes" in compute:
             start = time.perf_counter()
             ends = self.eigenvalues(which="extremes", tol=tol, seed=seed)
