@@ -261,7 +261,7 @@ def _prepare_run(cfg, result_name, checkpoint, prepare, inherit) -> tuple[dict, 
         cfg = _as_config(plain)
         given = prepare(cfg, run_dir) if prepare is not None else None
         path = _checkpoint_path(cfg, given if given is not None else checkpoint, model_given)
-        _take_model_of(cfg, path, model_given, explicit)
+        _take_model_of(cfg, path, model_given)
         digest = sha256(path)
         recorded = (attrs or {}).get("checkpoint_sha256")
         if recorded and recorded != digest:
@@ -537,9 +537,11 @@ def _model_given(plain: Mapping, explicit, inherited: bool) -> bool:
     return not _same(plain.get("model"), default_config(str(plain["command"])).get("model"))
 
 
-def _take_model_of(cfg, path: Path, model_given: bool, explicit) -> None:
-    """``model`` from the checkpoint's recorded config when none was given; a given one that
-    contradicts it is refused, naming the key (it would not load, or not mean the same)."""
+def _take_model_of(cfg, path: Path, model_given: bool) -> None:
+    """``model`` from the checkpoint's recorded config when none was given. A given ``model=``
+    that names another model than the checkpoint records is refused; the rest of a given model
+    node is the user's (a subclass with the same weights, say): a checkpoint that does not fit
+    it is one line when it is loaded."""
     from llv.checkpoint import model_config_of
 
     recorded = model_config_of(path)
@@ -548,9 +550,10 @@ def _take_model_of(cfg, path: Path, model_given: bool, explicit) -> None:
     if not model_given:
         cfg.model = recorded
         return
-    default = default_config(str(cfg.command)).get("model") or {}
-    cfg.model = reconcile({"model": _plain(cfg.model)}, {"model": default}, {"model": recorded},
-                          f"checkpoint {path}", explicit)["model"]
+    trained = recorded.get("name")
+    if trained and str(cfg.model.name) != str(trained):
+        raise LlvError(f"model={cfg.model.name} contradicts checkpoint {path}, which records "
+                       f"model={trained}: leave model out to use the checkpoint's")
 
 
 def _check_run_directions(cfg, run_dir: Path, existing: Path | None, same_run: bool,
