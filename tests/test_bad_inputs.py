@@ -324,7 +324,12 @@ def test_bad_input_is_one_line_exit_2_before_any_data_and_changes_nothing(case, 
     assert snapshot(world) == before
 
 
-@pytest.mark.parametrize("case", list(SUBPROCESS_CASES))
+#: The real-process cases in the default suite; the others are slow (a process each).
+QUICK_PROCESSES = ("train-lr-nan", "direction-overwrite", "surface-checkpoint-folder", "plot-file-absent")
+
+
+@pytest.mark.parametrize("case", [c if c in QUICK_PROCESSES else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in SUBPROCESS_CASES])
 def test_bad_input_in_a_real_process(case, world):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
     before = snapshot(world)
