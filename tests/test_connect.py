@@ -44,6 +44,11 @@ def test_path_coefficients_are_the_curves():
     bezier = path_coefficients("bezier", t)
     np.testing.assert_allclose(bezier.sum(axis=1), 1.0)
     np.testing.assert_allclose(bezier[:, 1], 2 * t * (1 - t))
+    # with θ_M at the midpoint (where training starts) both curves are the line
+    for path in ("bezier", "polychain"):
+        c = path_coefficients(path, t)
+        np.testing.assert_allclose(c[:, [0, 2]] + 0.5 * c[:, [1]], path_coefficients("line", t)[:, [0, 2]],
+                                   atol=1e-15)
     chain = path_coefficients("polychain", t)  # the bend is at M, reached at t = 1/2
     np.testing.assert_array_equal(chain[5], [0.0, 1.0, 0.0])
     np.testing.assert_allclose(chain[2], [0.6, 0.4, 0.0])
