@@ -11,27 +11,17 @@ import re
 from pathlib import Path
 
 from llv.console import LlvError
+from llv.schema import conf_dir  # noqa: F401  (one owner: the schema reads conf/ too)
+from llv.schema import group_options as _schema_group_options
 from llv.grid import Axis, GridSpec  # noqa: F401  (re-exported: configs name grids)
 
 COMMANDS = ("train", "direction", "surface", "interpolate", "hessian", "trajectory")
 GROUPS = ("model", "dataset", "norm", "grid", "dist", "experiment")
 
 
-def conf_dir() -> Path:
-    """The config tree: ``llv/conf`` inside an installed wheel, else the repository's ``conf/``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "surface.yaml").is_file():
-            return candidate
-    raise LlvError(f"llv's config files are missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
-
-
 def group_options(group: str) -> list[str]:
     """The options of a config group, from the file names in ``conf/<group>/``."""
-    folder = conf_dir() / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return list(_schema_group_options(group))
 
 
 def command_groups(command: str) -> list[str]:
@@ -54,6 +44,16 @@ def _prepare_overrides(overrides: list[str]) -> list[str]:
     return [_NON_ASCII_VALUE.sub(r"\1='\2'", o) for o in quoted]
 
 
+def _search_dirs(overrides: list[str]) -> list[Path]:
+    """Extra config folders from ``hydra.searchpath=[...]`` (``--config-dir``)."""
+    found = []
+    for override in overrides:
+        if override.startswith("hydra.searchpath="):
+            found += [Path(p.strip().strip("'\"").removeprefix("file://"))
+                      for p in override.partition("=")[2].strip("[]").split(",") if p.strip()]
+    return found
+
+
 def _check_group_choices(command: str, overrides: list[str]) -> None:
     groups = command_groups(command)
     for override in overrides:
@@ -62,7 +62,8 @@ def _check_group_choices(command: str, overrides: list[str]) -> None:
             continue
         if key not in groups:
             raise LlvError(f"'llv {command}' has no config group '{key}' (its groups: {', '.join(groups)})")
-        options = group_options(key)
+        options = group_options(key) + sorted(
+            p.stem for folder in _search_dirs(overrides) for p in (folder / key).glob("*.yaml"))
         if value not in options and value != "null":
             raise LlvError(f"unknown {key} '{value}'; valid options: {', '.join(options)}")
 

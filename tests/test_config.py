@@ -96,6 +96,10 @@ def test_run_directory_has_config_and_latest(tmp_path):
     second = config.make_run_dir(cfg)
     assert first != second and first.name.endswith("_demo")
     assert OmegaConf.load(second / "config.yaml").grid.x == "-1:1:11"
+    assert not (tmp_path / "surface" / "latest").exists()  # only a run that succeeded moves it
+    from llv.cli import mark_success
+
+    mark_success(cfg, second / "surface.h5")
     assert (tmp_path / "surface" / "latest").resolve() == second.resolve()
     explicit = config.make_run_dir(compose("surface", [f"out={tmp_path / 'mine'}"]))
     assert explicit == tmp_path / "mine" and (explicit / "config.yaml").is_file()

@@ -165,7 +165,7 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         bn_data=bn_data, device=session.device, type=space.type,
         points_per_batch=int(e.points_per_batch), precision=str(e.precision),
         channels_last=bool(e.get("channels_last", False)), path=session.run_dir / filename,
-        fold=bool(e.get("fold", True)), compile=str(e.get("compile", "auto")),
+        fold=bool(e.get("fold", True)), compile=_compile_mode(e.get("compile", "auto")),
         resume=session.existing is not None, comm=session.comm, chunk_points=int(e.chunk_points),
         stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
         attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},
@@ -174,6 +174,13 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
     if result is not None and result.complete and space.type == "weights" and cfg.summary.get("cross_check", True):
         cross_check_curvature(session, directions, result, data)
     return result
+
+
+def _compile_mode(value) -> str:
+    """``eval.compile``: YAML reads an unquoted on/off as a bool."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def cross_check_curvature(session: Session, directions: dirs.Directions, result, data: dict) -> None:
@@ -228,18 +235,14 @@ def _disagree(estimate: float, error: float, hvp: float) -> bool:
 def plot_result(session: Session, result, kind: str) -> None:
     """The default figure at the end of a run; a plotting problem never loses the results.
 
-    A loss spanning more than two decades is drawn on a log scale, so the basin around the
-    minimizer is not a single contour.
+    The scale (log when the loss spans more than two decades) is decided by the figure rules
+    of :mod:`llv.plot`, so this figure equals ``llv plot KIND FILE``'s.
     """
     if result is None or not session.cfg.get("plot", True) or not result.complete:
         return
     try:
         from llv.plot import make_plot
 
-        loss = result.values.get(f"{session.cfg.eval.splits[0]}_loss")
-        finite = loss[np.isfinite(loss)] if loss is not None else np.zeros(0)
-        log_scale = kind in ("contour", "1d") and bool(
-            finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
-        make_plot(kind, [str(result.path)], log=log_scale)
+        make_plot(kind, [str(result.path)])  # the figure rules decide the scale, as llv plot does
     except Exception as exc:  # the results are safe on disk; say why there is no figure
         log.warning(f"could not draw the {kind} plot: {' '.join(str(exc).split())}")

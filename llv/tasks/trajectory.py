@@ -106,6 +106,9 @@ def with_run_model(cfg, run_dir: Path):
     with open_dict(cfg):
         cfg.model = trained.model
         cfg.dataset = trained.dataset
+    from llv.schema import validate
+
+    validate(str(cfg.command), cfg)  # the run's model and data set, checked as typed keys
     return cfg
 
 
