@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError, log
-from llv.plot._figure import PlotOptions, contour_levels, metric_label, value_range
+from llv.plot._figure import PlotOptions, contour_levels, metric_label, resolve_log, value_range
 from llv.plot.io import Surface, load_surface
 
 HTML_KINDS = ("1d", "contour", "contourf", "heatmap", "surface3d", "compare")
@@ -213,12 +213,17 @@ def write_surface_html(surface: Surface, kind: str, options: PlotOptions, out: P
 def plot_1d_html(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
     """``llv plot 1d --format html``."""
     (path,) = paths
-    return [write_figure(figure_1d_html([load_surface(path)], options), out)]
+    surface = load_surface(path)
+    options = resolve_log(options, surface.grid(surface.default_metric()))  # the rules of the PNG
+    return [write_figure(figure_1d_html([surface], options), out)]
 
 
 def plot_compare_html(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
     """``llv plot compare --format html``."""
-    return [write_figure(figure_compare_html([load_surface(p) for p in paths], options), out)]
+    surfaces = [load_surface(p) for p in paths]
+    values = np.concatenate([s.grid(s.default_metric()).ravel() for s in surfaces])
+    options = resolve_log(options, values)  # one scale for all panels, as the PNG decides it
+    return [write_figure(figure_compare_html(surfaces, options), out)]
 
 
 def with_plotly(render, source: str):
