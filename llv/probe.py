@@ -21,6 +21,8 @@ _RTOL = 1e-4
 def direction_norm_problems(directions: Directions, values: list[torch.Tensor]) -> list[str]:
     """Tensors whose norms break the declared ``norm``/``ignore`` (empty when all keep the promise)."""
     norm, ignore = directions.attrs.get("norm"), directions.attrs.get("ignore")
+    if directions.attrs.get("kind", "random") not in ("random", "file"):
+        return []  # θB − θA, PCA, Hessian and plane directions promise no normalization
     problems = []
     for a, axis in enumerate(directions.axes):
         for name, d, w in zip(directions.space.names, axis, values):

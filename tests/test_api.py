@@ -365,3 +365,15 @@ def test_extrapolated_batchnorm_variances_stay_positive_and_match_the_linear_rul
         else:
             assert s.attrs["bn_floored_min"] <= alpha <= s.attrs["bn_floored_max"]
     assert 0 < linear_only < len(s.x)
+
+
+def test_the_probe_does_not_hold_a_target_direction_to_a_normalization():
+    from llv.probe import direction_norm_problems
+
+    a, _, _ = small_problem(0)
+    b, _, _ = small_problem(1)
+    target = llv.directions(a, "target", ndim=1, target=b)  # biases move: θB − θA is not zero there
+    assert direction_norm_problems(target, [t for t in a.state_dict().values()]) == []
+    broken = llv.directions(a, "random", ndim=1)
+    broken.axes[0][1] = torch.ones_like(broken.axes[0][1])  # a bias direction under ignore=biasbn
+    assert any("not zero" in p for p in direction_norm_problems(broken, list(a.parameters())))
