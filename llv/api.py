@@ -249,7 +249,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             stop_after: int | None = None, eps: float = 0.1, attrs: Mapping | None = None,
             probe: str | bool = False, recorded_metrics: Mapping | None = None,
             fold: bool = True, compile: str = "auto", approx: bool = False,
-            target_se: float = 0.005, approx_rel_tol: float | None = None, approx_start: int = 64,
+            target_se: float = 0.005, approx_rel_tol: float | None = None, approx_start: int = 128,
             coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> Surface | None:
     """The loss (and accuracy) surface f(α, β) = L(θ + αδ + βη) around ``model``'s parameters.
 

@@ -192,30 +192,34 @@ def _take(batch, index: Tensor):
     return _map_tensors(batch, lambda t: t[index.to(t.device)] if t.dim() > 0 else t)
 
 
-def permuted_slices(batches: Batches, seed: int, sizes: Sequence[int], batch_size: int) -> list[list]:
-    """The examples of ``batches`` in a seeded random order, cut into stages: stage ``s`` holds
-    the examples from ``sizes[s-1]`` (0 for the first) to ``sizes[s]``, in batches of at most
-    ``batch_size``. Every stage's examples are the next ones of the same order, so the first
-    ``sizes[s]`` examples are a uniform random subset without replacement, nested in the next.
-
-    >>> data = as_batches((torch.arange(10.0)[:, None], torch.arange(10)), batch_size=4)
-    >>> [[len(b[1]) for b in stage] for stage in permuted_slices(data, 0, [2, 4, 10], 3)]
-    [[2], [2], [3, 3]]
-    """
+def joined_examples(batches: Batches):
+    """All examples of resident ``batches`` as one batch (for drawing subsets from)."""
     if not batches.resident:
         raise LlvError("the approximate mode needs the data in memory (they are streamed here)")
     try:
-        joined = _concatenate(list(batches.stored))
+        return _concatenate(list(batches.stored))
     except (RuntimeError, LlvError) as exc:
         raise LlvError(f"the approximate mode needs batches of one shape to draw subsets from ({exc})") from None
-    order = torch.randperm(batches.num_examples, generator=torch.Generator().manual_seed(int(seed)))
-    stages, start = [], 0
+
+
+def permuted_stages(joined, num_examples: int, seed: int, sizes: Sequence[int],
+                    batch_size: int) -> Iterator[list]:
+    """The examples of ``joined`` in a seeded random order, cut into stages (yielded lazily):
+    stage ``s`` holds the examples from ``sizes[s-1]`` (0 for the first) to ``sizes[s]``, in
+    batches of at most ``batch_size``. The first ``sizes[s]`` examples are a uniform random
+    subset without replacement, nested in the next stage's.
+
+    >>> data = as_batches((torch.arange(10.0)[:, None], torch.arange(10)), batch_size=4)
+    >>> joined = joined_examples(data)
+    >>> [[len(b[1]) for b in stage] for stage in permuted_stages(joined, 10, 0, [2, 4, 10], 3)]
+    [[2], [2], [3, 3]]
+    """
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(int(seed)))
+    start = 0
     for size in sizes:
-        stop = min(int(size), batches.num_examples)
-        stage = [_take(joined, order[i:min(i + batch_size, stop)]) for i in range(start, stop, batch_size)]
-        stages.append(stage)
+        stop = min(int(size), num_examples)
+        yield [_take(joined, order[i:min(i + batch_size, stop)]) for i in range(start, stop, batch_size)]
         start = stop
-    return stages
 
 
 def _is_tensor_pair(data) -> bool:

@@ -9,8 +9,10 @@ batch of points is done, so there is no host-device synchronisation per data bat
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -70,12 +72,16 @@ class Approximation:
     standard error (finite-population corrected) is at most ``target_se`` × ``scale`` — the
     range of the surface, measured once before the grid on the exact centre and corners —
     and, with ``rel_tol``, at most ``rel_tol`` × the loss itself (for log-scale pictures). The
-    subset never exceeds the split. The order, the stages and the scale are fixed before the
-    first point, so a resumed run and every world size make the same choices and give the
-    same numbers.
+    subset never exceeds the split.
+
+    Each point draws its own order, seeded by ``seed`` and the point's coordinates: the errors of
+    different points are independent, so each point's standard error describes its own error
+    (one order shared by all points would shift whole regions of the surface together). The
+    orders and the scale depend on nothing else, so a resumed run and every world size make the
+    same choices and give the same numbers.
     """
 
-    def __init__(self, target_se: float = 0.005, rel_tol: float | None = None, start: int = 64,
+    def __init__(self, target_se: float = 0.005, rel_tol: float | None = None, start: int = 128,
                  seed: int = 0, scale: float | None = None, batch_size: int = 128):
         if not target_se > 0:
             raise LlvError(f"eval.target_se must be a positive number, got {target_se}")
@@ -85,10 +91,11 @@ class Approximation:
             raise LlvError(f"eval.approx_start must be at least 2, got {start}")
         self.target_se, self.rel_tol, self.start = float(target_se), rel_tol, int(start)
         self.seed, self.scale, self.batch_size = int(seed), scale, int(batch_size)
-        self.stages: dict = {}
+        self.joined: dict = {}
+        self.sizes: dict = {}
 
     def prepare(self, data: Mapping[str, Batches]) -> None:
-        from llv.batches import permuted_slices
+        from llv.batches import joined_examples
 
         for split, batches in data.items():
             sizes, size = [], self.start
@@ -96,14 +103,34 @@ class Approximation:
                 sizes.append(size)
                 size *= 2
             sizes.append(batches.num_examples)
-            self.stages[split] = permuted_slices(batches, self.seed, sizes, self.batch_size)
+            self.joined[split] = (joined_examples(batches), batches.num_examples)
+            self.sizes[split] = sizes
 
-    def good_enough(self, mean: float, se: float) -> bool:
+    def stages(self, split: str, coefficients: torch.Tensor):
+        """The stages of examples of one point (its own seeded order; see the class docstring)."""
+        import hashlib
+
+        from llv.batches import permuted_stages
+
+        key = hashlib.sha256(np.asarray(coefficients, dtype=np.float64).tobytes()
+                             + f"{self.seed}:{split}".encode()).digest()
+        joined, total = self.joined[split]
+        return permuted_stages(joined, total, int.from_bytes(key[:8], "little") >> 1,
+                               self.sizes[split], self.batch_size)
+
+    def good_enough(self, mean: float, se: float, n: int) -> bool:
+        """Whether a point may stop at ``n`` examples. The test uses a pessimistic standard
+        error (the variance's one-sided 95 % upper bound, χ² with n − 1 degrees of freedom): a
+        small subset whose variance happens to come out low would otherwise stop too early and
+        report a standard error smaller than its true error."""
         if self.scale is None:
             return False  # the exact pilot points: the whole split
-        ok = se <= self.target_se * self.scale
+        from scipy.stats import chi2
+
+        pessimistic = se * math.sqrt((n - 1) / chi2.ppf(0.05, n - 1)) if n > 1 else float("inf")
+        ok = pessimistic <= self.target_se * self.scale
         if self.rel_tol is not None:
-            ok = ok and se <= self.rel_tol * abs(mean)
+            ok = ok and pessimistic <= self.rel_tol * abs(mean)
         return ok
 
 
@@ -327,7 +354,7 @@ class PointEvaluator:
             total = squares = correct = correct_squares = 0.0
             n = 0
             population = self.data[split].num_examples
-            for stage in self.approx.stages[split]:
+            for stage in self.approx.stages(split, coefficients[0].detach().cpu().double().numpy()):
                 for batch in stage:
                     args, kwargs, targets = split_batch(batch)
                     with self._autocast():
@@ -340,7 +367,7 @@ class PointEvaluator:
                         correct_squares += float((hits ** 2).sum())
                     n += int(losses.shape[-1])
                 mean, se = subset_mean_and_se(total, squares, n, population)
-                if self.approx.good_enough(mean, se):
+                if self.approx.good_enough(mean, se, n):
                     break
             out[f"{split}_loss"] = torch.tensor([mean], dtype=torch.float64)
             out[f"{split}_loss_se"] = torch.tensor([se], dtype=torch.float64)

@@ -593,6 +593,15 @@ class Eval:
     fold: bool = setting(True, Flag(), "fold BatchNorm into the conv/linear before it at every point (exact)")
     compile: str = setting("auto", OneOf(("auto", "on", "off")),
                            "torch.compile the per-point forward: auto (when the grid repays it) | on | off")
+    approx: bool = setting(False, Flag(), "certified fast mode: each point on a seeded subset grown "
+                           "until its s.e. is small")
+    target_se: float = setting(0.005, Number(low=0, high=1, low_open=True),
+                               "approx: a point's standard error <= target_se x the surface's loss range")
+    approx_rel_tol: float | None = setting(None, Number(low=0, low_open=True, null=True),
+                                           "approx: also s.e. <= approx_rel_tol x the point's loss "
+                                           "(log-scale pictures)")
+    approx_start: int = setting(128, Integer(low=2), "approx: first subset size (then doubled, up to "
+                                "the whole split)")
 
 
 @dataclass

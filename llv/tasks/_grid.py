@@ -166,6 +166,8 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         points_per_batch=int(e.points_per_batch), precision=str(e.precision),
         channels_last=bool(e.get("channels_last", False)), path=session.run_dir / filename,
         fold=bool(e.get("fold", True)), compile=_compile_mode(e.get("compile", "auto")),
+        approx=bool(e.get("approx", False)), target_se=float(e.get("target_se", 0.005)),
+        approx_rel_tol=e.get("approx_rel_tol"), approx_start=int(e.get("approx_start", 128)),
         resume=session.existing is not None, comm=session.comm, chunk_points=int(e.chunk_points),
         stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
         attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},

@@ -1,0 +1,64 @@
+"""The certified fast mode (eval.approx): within its standard errors of the exact surface, capped
+at the split, and the same numbers however the grid is chunked, resumed or sharded."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import llv
+from llv.evaluate import subset_mean_and_se
+
+
+def problem(n=3000):
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    inputs = torch.randn(n, 6, generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, 4, (n,), generator=torch.Generator().manual_seed(2))
+    return model, (inputs, targets)
+
+
+def test_the_finite_population_correction_is_zero_for_the_whole_split():
+    values = np.random.default_rng(0).normal(size=50)
+    mean, se = subset_mean_and_se(values.sum(), (values**2).sum(), 50, 50)
+    assert mean == pytest.approx(values.mean()) and se == 0.0
+    _, se_half = subset_mean_and_se(values[:25].sum(), (values[:25] ** 2).sum(), 25, 50)
+    plain = values[:25].std(ddof=1) / np.sqrt(25)
+    assert se_half == pytest.approx(plain * np.sqrt(25 / 49))
+
+
+def test_approximate_surface_is_within_its_standard_errors_of_the_exact_one():
+    model, data = problem()
+    grid = dict(x=(-2, 2, 9), y=(-2, 2, 9), loss="mse", progress=False)
+    exact = llv.surface(model, data, **grid)
+    fast = llv.surface(model, data, approx=True, target_se=0.01, **grid)
+    loss, se, n = fast["train_loss"], fast["train_loss_se"], fast["train_n"]
+    span = exact["train_loss"].max() - exact["train_loss"].min()
+    assert fast.attrs["approx"] and fast.attrs["approx_scale"] > 0
+    assert np.all((n >= 128) & (n <= 3000))
+    assert n.mean() < 3000  # subsets were enough somewhere
+    assert np.all(se <= 0.01 * fast.attrs["approx_scale"] + 1e-12)
+    within = np.abs(loss - exact["train_loss"]) <= 3 * se + 1e-12
+    assert within.mean() >= 0.95
+    assert np.abs(loss - exact["train_loss"]).max() <= 0.05 * span
+    assert np.all(se[n == 3000] == 0)  # the whole split: exact
+    assert "train_acc_se" in fast.values
+
+
+def test_relative_tolerance_tightens_the_basin():
+    model, data = problem()
+    grid = dict(x=(-2, 2, 5), y=None, loss="mse", progress=False, approx=True, target_se=0.05)
+    loose = llv.surface(model, data, **grid)
+    tight = llv.surface(model, data, approx_rel_tol=0.002, **grid)
+    assert np.all(tight["train_loss_se"] <= 0.002 * tight["train_loss"] + 1e-12)
+    assert tight["train_n"].sum() >= loose["train_n"].sum()
+
+
+def test_resumed_and_rechunked_runs_give_the_same_numbers(tmp_path):
+    model, data = problem()
+    grid = dict(x=(-2, 2, 6), y=(-1, 1, 3), loss="mse", progress=False, approx=True, target_se=0.02)
+    whole = llv.surface(model, data, chunk_points=64, **grid)
+    llv.surface(model, data, path=tmp_path / "s.h5", chunk_points=4, stop_after=7, **grid)
+    resumed = llv.surface(model, data, path=tmp_path / "s.h5", chunk_points=5, **grid)
+    for name in ("train_loss", "train_loss_se", "train_n", "train_acc"):
+        np.testing.assert_array_equal(resumed[name], whole[name])
