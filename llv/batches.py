@@ -35,26 +35,33 @@ from llv.losses import TARGET_KEYS
 DEFAULT_DEVICE_MEMORY = 2 * 1024**3
 
 
-def auto_batch_size(example_shape: Sequence[int], device: torch.device | str = "cpu") -> int:
+def auto_batch_size(example_shape: Sequence[int], device: torch.device | str = "cpu",
+                    tokens: bool = False) -> int:
     """``batch_size="auto"``: 1024 examples per pass on a GPU; on the CPU about 128k input
     values per channel per pass (128 for 32×32 images, 2048 for 8×8), a power of two in
     [64, 4096]. Larger batches of large images fall out of cache on the CPU (1024 was 1.8-2×
     slower than 128 at 32×32 in benchmarks/); small inputs gain from them.
 
-    >>> auto_batch_size((3, 32, 32)), auto_batch_size((1, 8, 8)), auto_batch_size((64,))
-    (128, 2048, 2048)
+    Token sequences (``tokens=True``: integer inputs of shape (T,)) cost far more per input value
+    (embeddings, attention): about 4k tokens per pass, at least 8 sequences.
+
+    >>> auto_batch_size((3, 32, 32)), auto_batch_size((1, 8, 8)), auto_batch_size((64,), tokens=True)
+    (128, 2048, 64)
     """
+    shape = tuple(int(s) for s in example_shape)
+    if tokens:
+        per_pass = 4096 if torch.device(device).type == "cpu" else 65536
+        return int(max(8, 2 ** round(math.log2(per_pass / max(math.prod(shape), 1)))))
     if torch.device(device).type != "cpu":
         return 1024
-    shape = tuple(int(s) for s in example_shape)
     spatial = math.prod(shape[1:]) if len(shape) >= 3 else math.prod(shape) if shape else 1
     return int(min(max(2 ** round(math.log2(131072 / max(spatial, 1))), 64), 4096))
 
 
-def resolve_batch_size(value, example_shape: Sequence[int], device) -> int:
+def resolve_batch_size(value, example_shape: Sequence[int], device, tokens: bool = False) -> int:
     """An integer batch size from ``value`` (``"auto"`` or a positive integer)."""
     if value is None or str(value) == "auto":
-        return auto_batch_size(example_shape, device)
+        return auto_batch_size(example_shape, device, tokens)
     if isinstance(value, bool) or not float(value).is_integer() or int(value) < 1:
         raise LlvError(f"batch_size must be a positive integer or 'auto', got {value!r}")
     return int(value)
@@ -266,7 +273,8 @@ def as_batches(data, *, batch_size="auto", device: torch.device | str | None = N
         data = (data.inputs, data.targets)  # llv.data.EvalData
     if _is_tensor_pair(data):
         inputs, targets = data
-        size = resolve_batch_size(batch_size, tuple(inputs.shape[1:]), device)
+        size = resolve_batch_size(batch_size, tuple(inputs.shape[1:]), device,
+                                  tokens=not inputs.is_floating_point())
         stored = [(inputs[i:i + size], targets[i:i + size]) for i in range(0, len(targets), size)]
         source = stored
     elif isinstance(data, DataLoader):

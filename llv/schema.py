@@ -441,7 +441,7 @@ class LanguageModel(Model):
     num_layers: int = setting(2, _COUNT, "transformer blocks")
     num_heads: int = setting(4, _COUNT, "attention heads (divide d_model)")
     mlp_ratio: int = setting(4, _COUNT, "each block's MLP is d_model -> mlp_ratio * d_model -> d_model")
-    tie_weights: bool = setting(True, Flag(), "output head = token embedding; false: a separate head layer")
+    tie_weights: bool = setting(False, Flag(), "true: output head = token embedding (GPT-2; learns slower at this size)")
 
     @staticmethod
     def check_node(value: Mapping, path: str) -> None:

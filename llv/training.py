@@ -16,10 +16,10 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llv.console import LlvError
+from llv.losses import per_example_correct, per_example_loss
 
 OPTIMIZERS = ("sgd", "adam", "sam")
 SAM_BASES = ("sgd", "adam")
@@ -193,7 +193,7 @@ def running_stats_frozen(model: nn.Module) -> Iterator[None]:
 
 def _forward_backward(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor):
     logits = model(inputs)
-    loss = F.cross_entropy(logits, targets)
+    loss = per_example_loss(logits, targets, "ce").mean()  # tokens too: (B, T, V) logits
     loss.backward()
     return loss.detach(), logits.detach()
 
@@ -214,7 +214,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer | SAM, inputs:
         optimizer.second_step()
     else:
         optimizer.step()
-    return loss, (logits.argmax(dim=1) == targets).sum()
+    return loss, per_example_correct(logits, targets).sum()
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer | SAM,
@@ -222,7 +222,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer | SAM
     """One pass over ``loader`` in train mode; mean batch loss and accuracy (%) along the way."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     non_blocking = device.type == "cuda"
     for inputs, targets in loader:
@@ -247,13 +247,13 @@ def evaluate_model(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     model.eval()
     n = int(targets.shape[0])
     loss_sum = torch.zeros((), dtype=torch.float64, device=targets.device)
-    correct = torch.zeros((), dtype=torch.int64, device=targets.device)
+    correct = torch.zeros((), dtype=torch.float64, device=targets.device)
     try:
         for start in range(0, n, batch_size):
             logits = model(inputs[start:start + batch_size])
             batch_targets = targets[start:start + batch_size]
-            loss_sum += F.cross_entropy(logits, batch_targets, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == batch_targets).sum()
+            loss_sum += per_example_loss(logits, batch_targets, "ce").double().sum()
+            correct += per_example_correct(logits, batch_targets).sum()
     finally:
         model.train(was_training)
     if n == 0:

@@ -198,8 +198,9 @@ def test_resume_after_k_epochs_is_bit_identical(tmp_path, optimizer):
     (stopped / "metrics.csv").write_text("".join(lines[:4]))  # header, 0, 1, 2 (epoch 2 half done)
     args = overrides(stopped, *extra, "train.resume=true")
     if optimizer == "sam":  # without out=, the newest run (outputs/train/latest) is continued
-        latest = tmp_path / "outputs" / "train" / "latest"
-        latest.unlink()
+        latest = tmp_path / "outputs" / "train" / "latest"  # made by the CLI after a success
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        latest.unlink(missing_ok=True)
         latest.symlink_to(stopped)
         args = [a for a in args if not a.startswith("out=")]
     resumed = train(compose("train", args))

@@ -42,7 +42,7 @@ def run(cfg):
         path = hessian_file.write(session.run_dir / FILE, result, point_attrs(session))
         report_point(result)
         log.info(f"wrote {path}")
-        if cfg.get("plot", True):
+        if cfg.get("plot", True) and "density" in result:
             try:
                 from llv.plot import make_plot
 
