@@ -270,7 +270,7 @@ def _prepare_run(cfg, result_name, checkpoint, prepare, inherit) -> tuple[dict, 
                            "computed at, or another out= for a new run")
         _check_run_directions(cfg, run_dir, existing, stored is not None, digest)
         if cfg.get("checkpoint") is None and given is None:
-            cfg.checkpoint = str(path)  # what the latest run was, recorded for a later resume
+            cfg.checkpoint = str(path.resolve())  # where latest pointed, for a later resume
         plan = {"config": _plain(cfg), "checkpoint": str(path), "sha256": digest,
                 "run_dir": str(run_dir), "existing": str(existing) if existing else None}
         return plan, lock
