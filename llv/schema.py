@@ -586,7 +586,8 @@ class Eval:
                                     "~128k pixels per pass on CPU")
     points_per_batch: int = setting(1, _COUNT, "grid points per vmapped forward pass")
     precision: str = setting("fp32", OneOf(PRECISIONS), "fp32 | fp64 | tf32 | bf16")
-    channels_last: bool = setting(False, Flag(), "4-D image batches in channels-last memory format (faster on some GPUs)")
+    channels_last: bool | str = setting("auto", OneOf((True, False, "auto")),
+                                        "channels-last memory format for image batches: auto (CPU, images >= 16x16) | true | false")
     bn: str = setting("stored", OneOf(BN_MODES), "stored (running statistics as trained) | recompute")
     bn_samples: int = setting(1024, _COUNT, "training images used by bn=recompute")
     chunk_points: int = setting(64, _COUNT, "points per storage write (and per distributed message)")

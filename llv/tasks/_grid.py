@@ -164,7 +164,7 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         session.model, data, x=grid.x, y=grid.y, directions=directions, loss=str(cfg.loss), bn=bn,
         bn_data=bn_data, device=session.device, type=space.type,
         points_per_batch=int(e.points_per_batch), precision=str(e.precision),
-        channels_last=bool(e.get("channels_last", False)), path=session.run_dir / filename,
+        channels_last=e.get("channels_last", "auto"), path=session.run_dir / filename,
         fold=bool(e.get("fold", True)), compile=_compile_mode(e.get("compile", "auto")),
         approx=bool(e.get("approx", False)), target_se=float(e.get("target_se", 0.005)),
         approx_rel_tol=e.get("approx_rel_tol"), approx_start=int(e.get("approx_start", 128)),
