@@ -166,8 +166,11 @@ def start(cfg, result_name: str | None = None, checkpoint=None, prepare: Prepare
                 error = exc
         comm.agree(error)
         plan = comm.bcast(plan)
+        # a checkpoint given on the command line may be node-local (``${oc.env:PMI_RANK}`` in
+        # its path): every rank reads its own, the others rank 0's choice
+        own = checkpoint if checkpoint is not None else cfg.get("checkpoint")
         cfg = _as_config(plan["config"])
-        path = Path(plan["checkpoint"])
+        path = Path(str(own)) if own and not comm.is_root else Path(plan["checkpoint"])
         # every rank builds the model and reads the checkpoint; a failure on any rank (a path
         # missing on one node, say) is raised on all of them instead of leaving them waiting
         error, device, model, meta = None, None, None, None
@@ -182,13 +185,12 @@ def start(cfg, result_name: str | None = None, checkpoint=None, prepare: Prepare
             meta = load_into(model, path, str(cfg.model.name))
             _check_weights(model, path, bool(cfg.get("strict", True)), comm.is_root)
             model.to(device).eval()
-            if comm.is_root:  # the run is accepted: its first file
-                from llv.config import write_config
-
-                write_config(cfg, Path(plan["run_dir"]))
         except Exception as exc:
             error = exc
         comm.agree(error)
+        from llv.config import write_config
+
+        comm.root_call(write_config, cfg, Path(plan["run_dir"]))  # accepted: the run's first file
     except BaseException:
         if lock is not None:
             lock.release()
