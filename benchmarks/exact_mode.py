@@ -5,19 +5,19 @@ Every side is an llv grid point, the engine's work for it (coefficient rows,
 accuracy, standard error, results to numpy), on the same data in the same batches as the bare
 pass (``model(x)``, eval mode, ``no_grad``, NCHW):
 
-- ``plain``: the evaluator as it is (``functional_call``, NCHW);
-- ``fold``: BatchNorm folded into each point's conv weights (:class:`llv.fold.FoldedForward`);
-- ``channels_last``: the evaluator's ``channels_last`` inputs;
+- ``plain``: the evaluator without folding (``fold=False``: ``functional_call``, NCHW), what
+  every point cost before issue 20;
+- ``fold``: the evaluator's default, BatchNorm folded into each point's conv weights
+  (:class:`llv.fold.FoldedForward`);
+- ``channels_last``: ``channels_last`` inputs, unfolded;
 - ``fold + channels_last``;
-- ``compiled``: fold + channels_last with the per-point forward compiled by ``torch.compile``
-  (:func:`llv.fold.compile_forward`), in steady state; the compile time (cold: a fresh inductor
+- ``compiled``: fold + channels_last with ``compile="on"`` (:func:`llv.fold.compile_forward`
+  compiles the one-point forward), in steady state; the compile time (cold: a fresh inductor
   cache) is reported apart, with the number of points that repays it.
 
 Values first: every option's losses at three grid points (corner, centre, far corner) equal the
-plain evaluator's to 1e-5 relative to the largest loss before anything is timed, and a call
-counter shows that the folded forward really ran. Until ``llv.evaluate`` takes a
-``FoldedForward`` itself, the benchmark installs one as the evaluator's per-point forward
-(``_forward_one`` / ``_forward_many``, see :func:`install`).
+plain evaluator's to 1e-5 relative to the largest loss before anything is timed, and each
+option is checked to be what it says (folded pairs present or absent, compiled or not).
 
 Random-init networks with randomized BatchNorm statistics and affine parameters (so that
 folding is not the identity), seeded CIFAR-shaped images, batches of llv's CPU default (128).
@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections import Counter
 
 from benchmarks.common import (
     Section,
@@ -49,28 +48,6 @@ QUICK = [("resnet20", 16, 1), ("resnet56", 16, 1)]
 EAGER_TARGET, COMPILED_TARGET, VALUE_TOLERANCE = 0.80, 0.75, 1e-5
 INDICES = (0, 1300, 2600)  # corner, centre, far corner of the 51×51 grid
 OPTIONS = ("plain", "fold", "channels_last", "fold + channels_last", "compiled")
-
-
-def install(evaluator, forward) -> Counter:
-    """Make ``forward(state, *args, **kwargs)`` the evaluator's per-point forward.
-
-    Interim, until :class:`llv.evaluate.PointEvaluator` takes a folded forward itself (the
-    lead's file). Returns a counter of the calls, so that a changed evaluator that no longer
-    calls ``_forward_one`` shows up as zero calls instead of silently timing the plain path.
-    """
-    from torch.func import vmap
-
-    if not hasattr(evaluator, "_forward_one"):
-        raise RuntimeError("PointEvaluator has no _forward_one any more: update install()")
-    fixed, calls = evaluator.fixed, Counter()
-
-    def one(params, args, kwargs):
-        calls["forward"] += 1
-        return forward({**fixed, **params}, *args, **kwargs)
-
-    evaluator._forward_one = one
-    evaluator._forward_many = vmap(one, in_dims=(0, None, None))
-    return calls
 
 
 def first_point_and_batch(evaluator):
@@ -110,43 +87,39 @@ def measure(quick: bool) -> Section:
     import torch
     from torch._dynamo.utils import counters
 
-    from llv.fold import FoldedForward, choose_memory_format, compile_forward
+    from llv.fold import choose_memory_format
     from llv.grid import coefficient_rows
 
     section = Section("Exact mode: BatchNorm folding, channels_last, torch.compile (CPU)")
     rows, layout_rows = [], []
     for model_name, num_images, repeats in QUICK if quick else FULL:
         case = cifar_case(model_name, num_images)
-        folded = FoldedForward(case.model)
         evaluators = {
-            "plain": case.evaluator(),
+            "plain": case.evaluator(fold=False),
             "fold": case.evaluator(),
-            "channels_last": case.evaluator(channels_last=True),
+            "channels_last": case.evaluator(channels_last=True, fold=False),
             "fold + channels_last": case.evaluator(channels_last=True),
         }
-        calls = {name: install(evaluators[name], folded) for name in ("fold", "fold + channels_last")}
         compile_note, compile_seconds = "not run in --quick (a compile takes 20–60 s)", float("nan")
         if not quick:
-            evaluators["compiled"] = case.evaluator(channels_last=True)
-            state, args = first_point_and_batch(evaluators["compiled"])
             hits = counters["inductor"]["fxgraph_cache_hit"]
-            choice = compile_forward(lambda s, *a, f=folded: f(s, *a), (state, *args), passes=1,
-                                     mode="on")
+            compiled = case.evaluator(channels_last=True, compile="on")
+            choice = compiled.compile
             compile_seconds, compile_note = choice.compile_seconds, choice.reason
             if counters["inductor"]["fxgraph_cache_hit"] > hits:
                 compile_note += " (warm: inductor's on-disk cache held the graph; a cold compile takes longer)"
             if choice.compiled:
-                calls["compiled"] = install(evaluators["compiled"], choice.forward)
-            else:
-                del evaluators["compiled"]
+                evaluators["compiled"] = compiled
+        folded = evaluators["fold"].folded
+        wrong = [name for name, ev in evaluators.items()
+                 if (getattr(ev, "folded", None) is not None) != ("fold" in name or name == "compiled")]
+        if wrong or not folded.folded_pairs:
+            raise RuntimeError(f"folding is not as its name says for {', '.join(wrong) or 'fold'}")
         # values before timing: every option against the plain evaluator at the same points
         coefficients = torch.from_numpy(coefficient_rows(case.grid, 1, np.array(INDICES)))
         losses = {name: ev.evaluate(coefficients)["train_loss"].cpu().numpy()
                   for name, ev in evaluators.items()}
         differences = {name: relative_difference(v, losses["plain"]) for name, v in losses.items()}
-        unused = [name for name, counter in calls.items() if counter["forward"] == 0]
-        if unused:
-            raise RuntimeError(f"the installed forward was never called for {', '.join(unused)}")
         point = first_point_and_batch(evaluators["fold"])[0]
         layout = choose_memory_format(lambda x, f=folded, s=point: f(s, x), next(iter(case.data))[0])
         layout_rows.append((model_name, f"{layout.ratio:.2f}", str(layout.memory_format).split(".")[-1],
@@ -163,8 +136,9 @@ def measure(quick: bool) -> Section:
                                    compile_seconds, compile_note, len(folded.folded_pairs), quick)
     section.body += [
         "Per-point cost ÷ bare eager NCHW forward pass over the same data: median [min–max] over "
-        "repetitions of CPU-time ratios (the sides take turns). `plain` is the evaluator as it "
-        "is; the compiled column is the steady state after the compile, which is reported apart.",
+        "repetitions of CPU-time ratios (the sides take turns). `plain` is the evaluator with "
+        "`fold=False`; the compiled column is the steady state after the compile, which is "
+        "reported apart.",
         "",
         *table(["model", "N", "batch", "bare pass (CPU ms)", "reps", *OPTIONS,
                 "max rel. Δloss vs plain", "compile (s, wall)"], rows),
