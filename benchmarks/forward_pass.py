@@ -3,8 +3,9 @@
 The bare pass is what any evaluation costs: ``model(x)`` over the data in batches of the same
 size, eval mode, ``no_grad``, the images already in memory. One llv point is the work of the
 engine's point loop (``compute`` in :func:`llv.api.run_points`): coefficient rows for
-grid indices, :meth:`llv.evaluate.PointEvaluator.evaluate` (θ + αδ + βη, ``functional_call``,
-loss, accuracy, loss standard error), results to numpy. Result-file writes are left out: the
+grid indices, :meth:`llv.evaluate.PointEvaluator.evaluate` at its defaults (θ + αδ + βη,
+BatchNorm folded per point, ``functional_call``, loss, accuracy, loss standard error), results
+to numpy. Result-file writes are left out: the
 engine rewrites the file at most every two seconds, a few milliseconds each.
 
 Both sides use batches of 128 images, llv's CPU default (``eval.batch_size=auto``): on a CPU a
@@ -109,9 +110,8 @@ def run(quick: bool = False) -> Section:
         note = f"ppb tried: {', '.join(map(str, batched))}; best ppb={best_k}"
         if value >= 1.0:
             note += (
-                "; on CPU vmap turns each conv into one grouped conv over the k weight sets "
-                "and each eval BatchNorm into normalize + per-point mul + add passes, slower "
-                "per point than k dense passes; batching pays where per-call overhead "
+                "; on CPU vmap turns each conv into one grouped conv over the k weight sets, "
+                "slower per point than k dense passes; batching pays where per-call overhead "
                 "dominates (GPU, tiny models)"
             )
         section.targets.append(
