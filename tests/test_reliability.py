@@ -206,7 +206,7 @@ def test_a_stop_saves_prints_the_continue_line_and_resume_file_alone_equals_an_u
 @pytest.mark.slow
 def test_sigterm_of_a_real_process_then_the_printed_command_equals_an_uninterrupted_run(tmp_path, capfd):
     base = slow_tiny(tmp_path)
-    grid = ["grid.x=-1:1:7", "grid.y=-1:1:7", "eval.chunk_points=2"]
+    grid = ["grid.x=-1:1:15", "grid.y=-1:1:15", "eval.chunk_points=2"]
     assert llv("surface", *base, *grid, f"out={tmp_path / 'whole'}", capfd=capfd)[0] == 0
     run = tmp_path / "stopped"
     proc = llv_process("surface", *base, *grid, f"out={run}", cwd=tmp_path)
