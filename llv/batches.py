@@ -269,7 +269,7 @@ def as_batches(data, *, batch_size="auto", device: torch.device | str | None = N
     budget = DEFAULT_DEVICE_MEMORY if memory_bytes is None else int(memory_bytes)
     if isinstance(data, Batches):
         return data.cast(float_dtype, channels_last, device)
-    if hasattr(data, "inputs") and hasattr(data, "targets") and torch.is_tensor(getattr(data, "inputs")):
+    if hasattr(data, "inputs") and hasattr(data, "targets") and torch.is_tensor(data.inputs):
         data = (data.inputs, data.targets)  # llv.data.EvalData
     if _is_tensor_pair(data):
         inputs, targets = data

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 from llv.console import LlvError
+from llv.grid import Axis, GridSpec  # noqa: F401  (re-exported: configs name grids)
 from llv.schema import conf_dir  # noqa: F401  (one owner: the schema reads conf/ too)
 from llv.schema import group_options as _schema_group_options
-from llv.grid import Axis, GridSpec  # noqa: F401  (re-exported: configs name grids)
 
 COMMANDS = ("train", "direction", "surface", "interpolate", "hessian", "trajectory")
 GROUPS = ("model", "dataset", "norm", "grid", "dist", "experiment")

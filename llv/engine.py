@@ -43,6 +43,7 @@ def run_grid(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], dic
     """
     pending = comm.bcast(file.pending() if comm.is_root else None)
     total = comm.bcast(file.num_points if comm.is_root else None)
+    already = total - len(pending)  # what the progress bar starts from, whatever stop_after cuts
     if stop_after is not None:
         pending = pending[: max(int(stop_after), 0)]
     if comm.size > 1 and comm.size > len(pending) and comm.is_root:
@@ -52,7 +53,7 @@ def run_grid(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], dic
     stats = LoopStats()
     start = time.perf_counter()
     rounds = math.ceil(len(chunks) / comm.size)
-    bar_context = (progress(total, description, completed=total - len(pending)) if show_progress
+    bar_context = (progress(total, description, completed=already) if show_progress
                    else _no_progress())
     with bar_context as bar:
         try:

@@ -218,8 +218,11 @@ class PointEvaluator:
         self.dtype = torch.float64 if precision == "fp64" else torch.float32
         state = full_state(model)
         self.device = torch.device(device) if device is not None else next(iter(state.values())).device
-        cast = (lambda t: (t.to(self.device, self.dtype) if t.is_floating_point() and precision == "fp64"
-                           else t.to(self.device)))
+        def cast(t):
+            if t.is_floating_point() and precision == "fp64":
+                return t.to(self.device, self.dtype)
+            return t.to(self.device)
+
         perturbed = set(space.perturbed)
         self.fixed = {n: cast(t) for n, t in state.items() if n not in perturbed}
         self.points = PointMap(space, base, directions, self.device, self.dtype)

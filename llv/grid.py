@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from llv.errors import LlvError
 
 
-
 @dataclass(frozen=True)
 class Axis:
     """One axis of a grid: ``num`` evenly spaced coordinates from ``min`` to ``max``."""

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llv.console import LlvError, log, print_table
+from llv.console import LlvError, print_table
 
 __all__ = [
     "LossAndGradient",

@@ -154,7 +154,7 @@ class Hessian:
             seconds["extremes"] = seconds["top_k"] = time.perf_counter() - start
             result.update(lambda_max=float(ends["top"][0]), lambda_min=float(ends["bottom"][0]),
                           num_hvp_extremes=ends["num_hvp"], eigenvalues=ends["top"],
-                          num_hvp_top_k=0, shared_krylov=True)
+                          num_hvp_top_k=ends["num_hvp"], shared_krylov=True)  # the same products
             compute = [c for c in compute if c not in ("extremes", "top_k")]
         if "extremes" in compute:
             start = time.perf_counter()

@@ -7,8 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from llv.errors import LlvError
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,6 +20,7 @@ from llv.curvature import (
     spectral_density,
     top_eigenpairs,
 )
+from llv.errors import LlvError
 
 # -- cases ------------------------------------------------------------------------------------
 

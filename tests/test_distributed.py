@@ -6,6 +6,7 @@ ranks at once. Ranks run a tiny conv+BN net on tiny synthetic data with one thre
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -236,7 +237,8 @@ def _world_size_case(reference, tmp_path, launcher, ranks):
     assert stderr.count(f"{ranks} rank(s) [{launcher}]") == 1, stderr[-2000:]
     assert stdout.count("surface summary") == 1
     # exactly one rank wrote: the run directory holds one config and one result, no temporaries
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "surface.h5"]
+    # (and the run lock's record, .llv.lock, which stays by design)
+    assert sorted(p.name for p in out.iterdir() if p.name != ".llv.lock") == ["config.yaml", "surface.h5"]
 
 
 @pytest.mark.parametrize("launcher,ranks", [("mpi", 1), ("mpi", 3), ("torch", 2)])
@@ -277,7 +279,8 @@ def _kill_mid_way(reference, tmp_path, launcher, ranks, victim: int | None):
     """Start a slow run, SIGKILL it (``victim`` rank alone, or everything) once part is on disk."""
     out = tmp_path / "killed"
     path = out / "surface.h5"
-    slow = overrides(reference, out, "SlowTinyConvBN", ["+model.module.delay=0.05"])
+    # eval.fold=false: the folded forward is traced by torch.fx, which drops the net's sleep
+    slow = overrides(reference, out, "SlowTinyConvBN", ["+model.module.delay=0.05", "eval.fold=false"])
     proc = start(
         launcher, ranks, [*slow, f"dist={launcher}", *grid_2d(reference), "eval.chunk_points=2"]
     )
@@ -315,7 +318,8 @@ def _resume_and_compare(reference, out, slow, launcher, ranks, killed):
     assert not [
         p.name
         for p in out.iterdir()
-        if p.name not in ("config.yaml", "surface.h5") and not p.name.startswith(".surface.h5.tmp")
+        if p.name not in ("config.yaml", "surface.h5", ".llv.lock")
+        and not p.name.startswith(".surface.h5.tmp")
     ]
     assert killed["done"].sum() < values["done"].sum() == 81
 
@@ -359,7 +363,7 @@ def test_a_failing_rank_stops_every_rank_with_its_message(reference, tmp_path):
         reference, tmp_path, "mpi", ["+model.module.after_calls=0"]
     )
     assert rc != 0 and seconds < LAUNCH_TIMEOUT
-    assert "rank 1 failed: simulated device error on rank 1" in stderr
+    assert re.search(r"rank 1 (of \d+ )?failed: simulated device error on rank 1", stderr)
     values, attrs = read(out / "surface.h5")  # what was computed is saved, the file stays valid
     assert attrs["world_size"] == 2 and not values["done"].all()
 
@@ -379,7 +383,8 @@ def test_a_checkpoint_missing_on_one_rank_is_one_clear_error(reference, tmp_path
     per_rank = "checkpoint=" + str(tmp_path / "node${oc.env:PMI_RANK}.pt")
     rc, stderr, _, out = _failing_run(reference, tmp_path, "mpi", [per_rank])
     assert rc == 2
-    assert f"rank 1 failed: checkpoint {tmp_path / 'node1.pt'} does not exist" in stderr
+    assert re.search(rf"rank 1 (of \d+ )?failed: checkpoint {re.escape(str(tmp_path / 'node1.pt'))} does not exist",
+                     stderr)
     assert "stopping all ranks" not in stderr  # both ranks ended on their own, nothing aborted
     assert not out.exists()
 
@@ -398,7 +403,7 @@ def test_a_hanging_rank_stops_the_job_after_the_timeout(reference, tmp_path, lau
 def test_a_failing_rank_under_torchrun(reference, tmp_path):
     rc, stderr, _, _ = _failing_run(reference, tmp_path, "torch", ["+model.module.after_calls=0"])
     assert rc != 0
-    assert "rank 1 failed: simulated device error on rank 1" in stderr
+    assert re.search(r"rank 1 (of \d+ )?failed: simulated device error on rank 1", stderr)
 
 
 # ------------------------------------------------------------------------------ detection
