@@ -206,7 +206,8 @@ def run_points(point_function: Callable, grid: GridSpec, directions_: dirs.Direc
     if grid.ndim == 2:
         coordinates[coordinate_names[1]] = grid.y.coordinates()
     provenance = {"direction_sha256": directions_.digest(), **(provenance or {})}
-    file = _open_file(comm, path, coordinates, shape, metrics, provenance, dict(attrs or {}), resume)
+    attrs = {"world_size": comm.size, "dist_backend": comm.backend, **dict(attrs or {})}
+    file = _open_file(comm, path, coordinates, shape, metrics, provenance, attrs, resume)
 
     def compute(indices: np.ndarray) -> dict[str, np.ndarray]:
         rows = torch.from_numpy(coefficient_rows(grid, ensemble, indices))
