@@ -159,9 +159,8 @@ def targets(model_name, num_images, ratios, seconds, differences, compile_second
     cl, both = ratios["channels_last"], ratios["fold + channels_last"]
     notes = {
         "fold": f"folding removes the passes of {num_folded} BatchNorm layers: {plain - fold:+.2f} "
-                f"of a bare pass here (plain point {plain:.2f}); in NCHW the convolutions "
-                "dominate the pass on this CPU, and only with channels_last does the BN share "
-                "show (next rows)",
+                f"of a bare pass here (plain point {plain:.2f}); alone it stays above the "
+                "target, which needs channels_last as well (next rows)",
         "channels_last": f"keeps the {num_folded} BatchNorm passes; gains {plain - cl:+.2f} of "
                          "a bare pass over the plain point",
         "fold + channels_last": f"fold {plain - fold:+.2f} and channels_last {plain - cl:+.2f} "
