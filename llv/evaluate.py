@@ -263,7 +263,7 @@ class PointEvaluator:
 
     def _choose_compile(self, mode: str, expected_points: int):
         """``compile=auto|on``: torch.compile the one-point forward when the run repays it."""
-        from llv.fold import compile_forward
+        from llv.fold import compile_forward, estimate_compile_seconds
 
         if mode == "off" or self.points_per_batch > 1 or self.bn_data or callable(self.loss):
             return None
@@ -275,7 +275,8 @@ class PointEvaluator:
         centre = {n: t[0] for n, t in self.point_tensors(torch.zeros(1, self.points.directions.shape[0])).items()}
         with eval_mode(self.model), precision_flags(self.precision, self.device), self._autocast():
             choice = compile_forward(lambda params, x: self._forward(params, (x,), {}), (centre, args[0]),
-                                     passes, mode)
+                                     passes, mode,
+                                     compile_seconds_estimate=estimate_compile_seconds(self.model))
         if choice.compiled:
             compiled = choice.forward
             self._forward_one = lambda params, args, kwargs: compiled(params, *args)
