@@ -12,7 +12,6 @@ statistics and counters are buffers and stay out).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from llv.checkpoint import load_state_dict
 from llv.console import LlvError
+from llv.storage import trainrun
 
 __all__ = [
     "WeightStats",
@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 INCLUDE = ("weights", "all")
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -49,13 +48,7 @@ class WeightStats:
 
 def checkpoint_files(run_dir: Path) -> list[tuple[int, Path]]:
     """``(epoch, path)`` of a run's ``checkpoints/epoch_NNN.pt``, in epoch order."""
-    folder = Path(run_dir) / "checkpoints"
-    found = []
-    for path in folder.glob("epoch_*.pt") if folder.is_dir() else []:
-        match = _EPOCH_FILE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    return trainrun.epoch_checkpoints(run_dir)
 
 
 def select_weights(state_dict: dict, include: str = "weights") -> dict:
