@@ -446,6 +446,8 @@ def _floored_range(evaluator: PointEvaluator, grid: GridSpec, ensemble: int) -> 
         log.info(f"BatchNorm running variances held at their floor at {int(hit.sum())} point(s), "
                  f"α in [{alphas.min():g}, {alphas.max():g}] (linear extrapolation would make them ≤ 0)")
     return {"bn_floored_points": int(hit.sum()),
+            **({"bn_floored_alphas": np.asarray(alphas, dtype=np.float64)} if grid.ndim == 1 and ensemble == 1
+               else {}),
             "bn_floored_min": float(alphas.min()) if hit.any() else float("nan"),
             "bn_floored_max": float(alphas.max()) if hit.any() else float("nan")}
 

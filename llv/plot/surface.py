@@ -288,6 +288,10 @@ def _shade_gaps(ax: Axes, surface: Surface, losses: list[str]) -> None:
         (computed & ~finite, "loss not finite (overflow or NaN)", {"color": "tab:red", "alpha": 0.12}),
         (~computed, "not computed", {"facecolor": "none", "edgecolor": "0.5", "hatch": "////"}),
     )
+    floored = np.isin(surface.x, np.asarray(surface.attrs.get("bn_floored_alphas", []), dtype=float))
+    if floored.any():  # BatchNorm variances held at their floor (extrapolated statistics)
+        gaps += ((floored & computed & finite, "BN variance extrapolated, held at its floor",
+                  {"color": "tab:purple", "alpha": 0.08}),)
     for mask, what, style in gaps:
         count = int(mask.sum())
         for number, (first, stop) in enumerate(_runs(mask)):
