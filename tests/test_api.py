@@ -365,6 +365,9 @@ def test_extrapolated_batchnorm_variances_stay_positive_and_match_the_linear_rul
         else:
             assert s.attrs["bn_floored_min"] <= alpha <= s.attrs["bn_floored_max"]
     assert 0 < linear_only < len(s.x)
+    assert len(s.attrs["bn_floored_alphas"]) == s.attrs["bn_floored_points"] == len(s.x) - linear_only
+    legend = [t.get_text() for t in s.plot().get_legend().get_texts()]
+    assert any("held at its floor" in text for text in legend)  # the figure marks those α
 
 
 def test_the_probe_does_not_hold_a_target_direction_to_a_normalization():
