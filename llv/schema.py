@@ -380,7 +380,7 @@ def group_options(group: str) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- choices of keys
 
-DIRECTION_KINDS = ("random", "target", "pca", "hessian", "file")
+DIRECTION_KINDS = ("random", "target", "plane", "pca", "hessian", "file")
 DIRECTION_TYPES = ("weights", "states")
 IGNORE = ("biasbn", "none")
 LOSSES = ("ce", "mse")
@@ -563,7 +563,8 @@ SingleDist = variant(Dist, "SingleDist", backend="none")
 class Direction:
     """``direction``: the directions of the plot."""
 
-    kind: str = setting("random", OneOf(DIRECTION_KINDS), "random | target | pca | hessian | file")
+    kind: str = setting("random", OneOf(DIRECTION_KINDS),
+                        "random | target | plane (through checkpoint, checkpoint2, checkpoint3) | pca | hessian | file")
     type: str = setting("weights", OneOf(DIRECTION_TYPES),
                         "weights (parameters only) | states (full state_dict incl. BN statistics)")
     ignore: str = setting("biasbn", OneOf(IGNORE),
@@ -696,6 +697,22 @@ class Interpolation:
 
 
 @dataclass
+class Curve:
+    """``curve``: a low-loss curve between the two models (llv interpolate path=bezier|polychain)."""
+
+    epochs: int = setting(10, Integer(low=0), "epochs of training of the control point")
+    lr: float = setting(0.01, _POSITIVE, "learning rate of the control point (constant)")
+    optimizer: str = setting("sgd", OneOf(("sgd", "adam")), "sgd | adam")
+    momentum: float = setting(0.9, _NON_NEGATIVE, "SGD momentum")
+    weight_decay: float = setting(0.0, _NON_NEGATIVE, "L2 penalty on the control point")
+    batch_size: int = setting(128, _COUNT, "training examples per step (one t drawn per step)")
+    points: int = setting(61, Integer(low=2), "t values evaluated in [0, 1]")
+    bn: str = setting("recompute", OneOf(("recompute", "stored")),
+                      "recompute (BN statistics re-estimated at every t) | stored (interpolated)")
+    plane: int = setting(0, Integer(low=0), "n > 0: also the n x n loss over the plane through A, B and M")
+
+
+@dataclass
 class Trajectory:
     """``trajectory``: options of llv trajectory."""
 
@@ -732,6 +749,8 @@ class Engine(Common):
     """Keys shared by the grid-evaluating subcommands (conf/engine.yaml)."""
 
     checkpoint: str | None = setting(None, PathText(), "model to look at; default outputs/train/latest/final.pt")
+    checkpoint2: str | None = setting(None, PathText(), "model B: direction.kind=plane's second vertex")
+    checkpoint3: str | None = setting(None, PathText(), "model C: direction.kind=plane's third vertex")
     dir_file: str | None = setting(None, PathText(), "reuse an existing direction file (llv's or the reference's)")
     resume: str | None = setting(None, PathText(), "surface/hessian file to complete (computes only points not done)")
     plot: bool = setting(True, Flag(), "draw the default figure at the end of the run")
@@ -778,7 +797,10 @@ class InterpolateConfig(variant(
     """``llv interpolate`` (conf/interpolate.yaml)."""
 
     checkpoint2: str | None = setting(None, PathText(), "model B")
+    path: str = setting("line", OneOf(("line", "bezier", "polychain")),
+                        "line (the paper's) | bezier | polychain: a trained low-loss curve (curve.*)")
     interpolate: Interpolation = node(Interpolation, "options of llv interpolate")
+    curve: Curve = node(Curve, "training of a low-loss curve (path=bezier|polychain)")
 
 
 @dataclass

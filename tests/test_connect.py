@@ -184,3 +184,40 @@ def test_killed_curve_training_resumes_bit_for_bit(tmp_path):
     assert all(torch.equal(resumed.control[k], whole.control[k]) for k in whole.control)
     np.testing.assert_array_equal(resumed.curve_loss, whole.curve_loss)
     np.testing.assert_array_equal(resumed.history, whole.history)
+
+
+def test_cli_interpolate_trains_a_curve_and_resumes_it(tmp_path):
+    """``llv interpolate path=bezier curve.*``: curve.h5 whose ends are the two checkpoints
+    (curve.bn=stored: their own statistics), a control point, epoch checkpoints; the same
+    command after a kill in the last epoch continues from them to the same bits."""
+    from conftest import save_tiny_checkpoint, tiny_overrides
+
+    from llv.checkpoint import load_into
+    from llv.config import compose
+    from llv.data import load_eval_data
+    from llv.models import build_model
+    from llv.tasks import interpolate
+
+    a = save_tiny_checkpoint(tmp_path, seed=0, name="a.pt")
+    b = save_tiny_checkpoint(tmp_path, seed=1, name="b.pt")
+    out = tmp_path / "run"
+    cfg = compose("interpolate", [*tiny_overrides(tmp_path), f"checkpoint={a}", f"checkpoint2={b}",
+                                  "path=bezier", "curve.epochs=3", "curve.batch_size=16", "curve.points=5",
+                                  "curve.bn=stored", f"out={out}"])
+    first = Connection.load(interpolate.run(cfg.copy()))
+    assert sorted(p.name for p in (out / "curve").iterdir()) == [f"curve_epoch_00{e}.pt" for e in (1, 2, 3)]
+    assert (out / "curve_control.pt").is_file() and len(first.history) == 3
+    for end, path in ((0, a), (-1, b)):
+        model = build_model(cfg.model)
+        load_into(model, path)
+        for split in ("train", "test"):
+            data = load_eval_data(cfg.dataset, split)
+            own = point_metrics(model, (data.inputs, data.targets), batch_size=16)["train_loss"]
+            assert first.curve[f"{split}_loss"][end] == pytest.approx(own, abs=1e-6)
+    (out / "curve" / "curve_epoch_003.pt").unlink()  # killed during the last epoch
+    (out / "curve.h5").unlink()
+    kept = (out / "curve" / "curve_epoch_002.pt").stat().st_mtime_ns
+    again = Connection.load(interpolate.run(cfg.copy()))
+    assert (out / "curve" / "curve_epoch_002.pt").stat().st_mtime_ns == kept  # resumed, not redone
+    assert all(torch.equal(again.control[k], first.control[k]) for k in first.control)
+    np.testing.assert_array_equal(again.curve_loss, first.curve_loss)

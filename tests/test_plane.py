@@ -85,3 +85,31 @@ def test_figures_mark_the_three_models(three):
     ax = mark_points(s.plot("contour"), s)
     marks = {t.get_text(): t.xy for t in ax.texts if t.get_text() in ("A", "B", "C")}
     np.testing.assert_allclose([marks[k] for k in "ABC"], plane.attrs["plane_coordinates"])
+
+
+def test_cli_surface_over_the_plane_through_three_checkpoints(tmp_path):
+    """``llv surface direction.kind=plane checkpoint2= checkpoint3=`` (states): the vertices are
+    the three checkpoints' own losses, and their coordinates are stored with the result."""
+    import h5py
+    from conftest import save_tiny_checkpoint, tiny_overrides
+
+    from llv.checkpoint import load_into
+    from llv.config import compose
+    from llv.data import load_eval_data
+    from llv.models import build_model
+    from llv.tasks import surface as surface_task
+
+    paths = [save_tiny_checkpoint(tmp_path, seed=s, name=f"{s}.pt") for s in (0, 1, 2)]
+    cfg = compose("surface", [*tiny_overrides(tmp_path), f"checkpoint={paths[0]}", f"checkpoint2={paths[1]}",
+                              f"checkpoint3={paths[2]}", "direction.kind=plane", "direction.type=states",
+                              "grid.x=0:1:2", "grid.y=0:1:2", "probe=false"])
+    with h5py.File(surface_task.run(cfg), "r") as f:
+        loss = f["train_loss"][()]
+        np.testing.assert_array_equal(f.attrs["plane_coordinates"], [[0, 0], [1, 0], [0, 1]])
+    data = load_eval_data(cfg.dataset, "train")
+    own = []
+    for path in paths:
+        model = build_model(cfg.model)
+        load_into(model, path)
+        own.append(point_metrics(model, (data.inputs, data.targets), batch_size=16)["train_loss"])
+    np.testing.assert_allclose([loss[0, 0], loss[0, 1], loss[1, 0]], own, rtol=0, atol=1e-6)

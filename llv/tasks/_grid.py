@@ -40,6 +40,14 @@ def make_directions(session: Session, space: ParameterSpace, ndim: int) -> dirs.
         made = api.directions(session.model, "target", target=_state_of(session, target), **common)
         made.attrs["target"] = str(target)
         return made
+    if kind == "plane":
+        vertices = [session.cfg.get("checkpoint2"), session.cfg.get("checkpoint3")]
+        if not all(vertices):
+            raise LlvError("direction.kind=plane needs checkpoint2=B.pt and checkpoint3=C.pt")
+        made = api.directions(session.model, "plane", type=space.type, orthogonalize=bool(d.orthogonalize),
+                              targets=[_state_of(session, v) for v in vertices])
+        made.attrs.update(checkpoint2=str(vertices[0]), checkpoint3=str(vertices[1]))
+        return made
     if kind == "hessian":
         h = session.cfg.hessian
         return api.hessian_directions(hessian_at(session), space, ndim, tol=float(h.tol),
@@ -73,6 +81,11 @@ def check_direction_target(cfg) -> None:
         if not target:
             raise LlvError("direction.kind=target needs direction.target=PATH (a second checkpoint)")
         check_file(target, "direction.target")
+    elif kind == "plane":
+        for key in ("checkpoint2", "checkpoint3"):
+            if not cfg.get(key):
+                raise LlvError("direction.kind=plane needs checkpoint2=B.pt and checkpoint3=C.pt")
+            check_file(cfg.get(key), key)
     elif kind in ("file", "pca"):
         raise LlvError(f"direction.kind={kind} reads dir_file=PATH"
                        + (" (made by llv trajectory)" if kind == "pca" else ""))
@@ -143,9 +156,12 @@ def existing_attrs(session: Session) -> dict:
 def run_attrs(session: Session, directions: dirs.Directions, dir_file: Path | None) -> dict:
     """Provenance every grid file records."""
     cfg = session.cfg
-    return {"command": str(cfg.command), "model": str(cfg.model.name), "dataset": str(cfg.dataset.name),
-            "checkpoint": str(session.checkpoint), "dir_file": str(dir_file) if dir_file else None,
-            "config": to_yaml(cfg), "checkpoint_sha256": session.checkpoint_sha256}
+    attrs = {"command": str(cfg.command), "model": str(cfg.model.name), "dataset": str(cfg.dataset.name),
+             "checkpoint": str(session.checkpoint), "dir_file": str(dir_file) if dir_file else None,
+             "config": to_yaml(cfg), "checkpoint_sha256": session.checkpoint_sha256}
+    if "plane_coordinates" in directions.attrs:  # the three models, for figures to mark
+        attrs["plane_coordinates"] = np.asarray(directions.attrs["plane_coordinates"], dtype=np.float64)
+    return attrs
 
 
 def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h5",
