@@ -6,6 +6,7 @@ ratio measured side by side in this run, met or missed (by how much, and why).
     python benchmarks/run.py                  # the full run (under 15 minutes on 2 cores)
     python benchmarks/run.py --quick          # a smoke run of every benchmark (about a minute)
     python benchmarks/run.py --only forward,exact,hessian
+    python benchmarks/run.py --only approx --out /tmp/approx.md   # one section, RESULTS.md untouched
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {
     "forward": "benchmarks.forward_pass",
     "exact": "benchmarks.exact_mode",
+    "approx": "benchmarks.approx_mode",
     "reference": "benchmarks.reference_algorithm",
     "hessian": "benchmarks.hessian",
     "memory": "benchmarks.memory",
