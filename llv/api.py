@@ -353,6 +353,9 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                  "bn_folded": len(evaluator.folded.folded_pairs) if evaluator.folded else 0,
                  **_compile_attrs(evaluator.compile), **approx_attrs, **probe_attrs, **dict(attrs or {})}
     run_attrs.setdefault("command", "surface")
+    for key in ("plane_coordinates", "plane_labels"):  # figures mark the models a plane runs through
+        if key in directions.attrs:
+            run_attrs.setdefault(key, directions.attrs[key])
     before = flatten(space, space.values(model))
     if evaluator.variance_floors:
         run_attrs.update(_floored_range(evaluator, grid, directions.ensemble))

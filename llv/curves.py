@@ -305,12 +305,9 @@ def mark_points(ax, coordinates, labels=None):
         coordinates = attrs.get("plane_coordinates")
         if coordinates is None:
             return ax
-    points = np.asarray(coordinates, dtype=np.float64).reshape(-1, 2)
-    labels = list(labels or [str(i) for i in range(len(points))])
-    for (u, v), label in zip(points, labels):
-        ax.plot([u], [v], marker="o", ms=6, color="white", mec="black", zorder=5, ls="none")
-        ax.annotate(str(label), (u, v), xytext=(5, 5), textcoords="offset points", fontsize=9,
-                    fontweight="bold", zorder=6)
+    from llv.plot._figure import mark_points as draw_points
+
+    draw_points(ax, coordinates, labels)
     return ax
 
 

@@ -145,13 +145,18 @@ def load(path: str | Path):
 
     Returns a :class:`Surface` (surfaces, interpolations, Hessian maps, the reference's surface
     files), a :class:`HessianPoint` (``llv hessian`` at a point), a :class:`Projection`
-    (``llv trajectory``'s path) or a :class:`llv.direction.Directions` (direction files).
+    (``llv trajectory``'s path), a :class:`llv.direction.Directions` (direction files) or a
+    :class:`llv.curves.Connection` (a low-loss curve between two models).
     """
     path = Path(path)
     with open_h5(path, "an llv or reference result file") as f:
         keys = set(f.keys())
     if "xdirection" in keys:
         return _load_directions(path)
+    if "curve" in keys:  # llv.connect / llv interpolate path=bezier|polychain
+        from llv.curves import Connection
+
+        return Connection.load(path)
     if "proj_xcoord" in keys:
         return projection_file.read(path)
     if "eigenvalues" in keys or "density_nodes" in keys:

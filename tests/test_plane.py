@@ -113,3 +113,22 @@ def test_cli_surface_over_the_plane_through_three_checkpoints(tmp_path):
         load_into(model, path)
         own.append(point_metrics(model, (data.inputs, data.targets), batch_size=16)["train_loss"])
     np.testing.assert_allclose([loss[0, 0], loss[0, 1], loss[1, 0]], own, rtol=0, atol=1e-6)
+
+
+def test_figures_of_a_plane_surface_mark_the_three_models():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    import llv
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+              for _ in range(3)]
+    data = (torch.randn(20, 3), torch.randint(0, 2, (20,)))
+    plane = llv.directions(models[0], "plane", targets=models[1:])
+    s = llv.surface(models[0], data, x=(-0.5, 1.5, 5), y=(-0.5, 1.5, 5), directions=plane, progress=False)
+    ax = s.plot("contour")
+    labels = {t.get_text() for t in ax.texts}
+    assert {"A", "B", "C"} <= labels

@@ -461,6 +461,19 @@ def hatch_missing(ax, x, y, missing: np.ndarray, label: str = "not computed",
     return collection
 
 
+def mark_points(ax, coordinates, labels=None):
+    """Mark and label points of the plane, e.g. the three models of a ``kind=plane`` surface
+    (its ``plane_coordinates`` and ``plane_labels`` attrs). Returns the marker artists."""
+    points = np.asarray(coordinates, dtype=np.float64).reshape(-1, 2)
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(points))]
+    artists = []
+    for (u, v), label in zip(points, labels):
+        artists += ax.plot([u], [v], marker="o", ms=6, color="white", mec="black", zorder=5, ls="none")
+        ax.annotate(str(label), (u, v), xytext=(5, 5), textcoords="offset points", fontsize=9,
+                    fontweight="bold", zorder=6)
+    return artists
+
+
 def mark_minimum(ax, x, y, values: np.ndarray):
     """A white star at the grid point of the smallest finite value; returns the marker or None."""
     values = np.ma.filled(np.ma.asarray(values, dtype=float), np.nan)

@@ -33,6 +33,7 @@ from llv.plot._figure import (
     hatch_missing,
     label_contours,
     mark_minimum,
+    mark_points,
     metric_label,
     new_figure,
     nice_levels,
@@ -435,6 +436,8 @@ def draw_map_panel(ax: Axes, surface: Surface, kind: str, options: PlotOptions,
         ticks = levels
     gaps = mark_gaps(ax, surface, values)
     marker = mark_minimum(ax, surface.x, surface.y, values)
+    if surface.attrs.get("plane_coordinates") is not None:  # the models a plane runs through
+        mark_points(ax, surface.attrs["plane_coordinates"], surface.attrs.get("plane_labels") or "ABC")
     legend = ax.legend(handles=[h for h in (marker, *gaps) if h is not None], loc="lower left",
                        fontsize="x-small", framealpha=0.85)
     if colorbar:
