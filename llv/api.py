@@ -25,7 +25,7 @@ from llv.engine import LoopStats, run_grid
 from llv.errors import LlvError
 from llv.evaluate import PRECISIONS, PointEvaluator, PointMap
 from llv.grid import GridSpec, coefficient_rows
-from llv.params import ParameterSpace, flatten
+from llv.params import ParameterSpace, flatten, values_of
 from llv.results import Surface
 from llv.spectrum import Hessian
 from llv.storage.surface import SurfaceFile
@@ -114,7 +114,7 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
             raise LlvError("kind='plane' needs targets=(model_b, model_c) (models or state dicts)")
         if ndim != 2:
             raise LlvError("kind='plane' spans two axes: ndim must be 2")
-        vertices = [_values_of(other, space) for other in targets]
+        vertices = [values_of(other, space) for other in targets]
         return dirs.plane_directions(space, values, *vertices, orthogonalize=bool(orthogonalize))
     if kind == "file":
         if path is None:
@@ -132,16 +132,6 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
         return hessian_directions(Hessian(model, data, loss=loss, batch_size=batch_size), space,
                                   ndim, tol=tol, seed=int(seed))
     raise LlvError(f"unknown direction kind {kind!r}; valid: random, target, plane, pca, hessian, file")
-
-
-def _values_of(other, space: ParameterSpace) -> list[torch.Tensor]:
-    """A second model's (or state dict's) tensors in ``space``'s order, checked by name."""
-    state = other.state_dict() if isinstance(other, nn.Module) else dict(other)
-    missing = [n for n in space.names if n not in state]
-    if missing:
-        raise LlvError(f"the other model has no tensor {missing[0]} (+{len(missing) - 1} more): "
-                       "is it another architecture?")
-    return [state[n].detach().clone() for n in space.names]
 
 
 def hessian_directions(h: Hessian, space: ParameterSpace, ndim: int, tol: float = 1e-3,

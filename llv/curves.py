@@ -46,7 +46,7 @@ from llv.batches import as_split_batches, split_batch, to_device
 from llv.console import log
 from llv.errors import LlvError
 from llv.losses import check_loss, per_example_loss
-from llv.params import ParameterSpace, flatten
+from llv.params import ParameterSpace, flatten, values_of
 
 PATHS = ("bezier", "polychain")
 BN_MODES = ("recompute", "stored")
@@ -265,7 +265,7 @@ def curve_plane(model_a: nn.Module, model_b: nn.Module | Mapping, control: Mappi
 
     space = ParameterSpace.of(model_a, type)
     values_a = space.values(model_a)
-    values = [_state_values(other, space) for other in (model_b, control)]
+    values = [values_of(other, space) for other in (model_b, control)]
     directions = dirs.plane_directions(space, values_a, *values, orthogonalize=orthogonalize)
     corners = np.asarray(directions.attrs["plane_coordinates"], dtype=np.float64)  # A, B, M
     directions.attrs["plane_labels"] = list(LABELS)
@@ -312,15 +312,6 @@ def mark_points(ax, coordinates, labels=None):
 
 
 # ------------------------------------------------------------------------------ training
-
-
-def _state_values(other, space: ParameterSpace) -> list[torch.Tensor]:
-    state = other.state_dict() if isinstance(other, nn.Module) else dict(other)
-    missing = [n for n in space.names if n not in state]
-    if missing:
-        raise LlvError(f"model B has no tensor {missing[0]} (+{len(missing) - 1} more): "
-                       "is it another architecture?")
-    return [state[n].detach().clone() for n in space.names]
 
 
 @contextlib.contextmanager
@@ -504,14 +495,14 @@ def connect(model_a: nn.Module, model_b: nn.Module | Mapping, data, *, path: str
     train = splits.get("train", next(iter(splits.values())))
     weights = ParameterSpace.of(model_a, "weights")
     ends = [dict(zip(weights.names, (t.to(device, wide or t.dtype) for t in values)))
-            for values in (weights.values(model_a), _state_values(model_b, weights))]
+            for values in (weights.values(model_a), values_of(model_b, weights))]
     control, history = train_control(model_a, *ends, train, path=path, epochs=int(epochs), lr=float(lr),
                                      optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                                      seed=seed, loss=loss, checkpoint_dir=checkpoint_dir,
                                      progress=progress)
     # θ_M as a whole state dict: its parameters, the ends' floating buffers at their midpoint
     states = ParameterSpace.of(model_a, "states")
-    state_a, state_b = states.values(model_a), _state_values(model_b, states)
+    state_a, state_b = states.values(model_a), values_of(model_b, states)
     control_state = {}
     for name, a, b in zip(states.names, state_a, state_b):
         if name in control:

@@ -60,6 +60,16 @@ class ParameterSpace:
         return [state[n].detach().clone() for n in self.names]
 
 
+def values_of(other, space: ParameterSpace) -> list[torch.Tensor]:
+    """Another model's (or a state dict's) tensors in ``space``'s order, checked by name."""
+    state = other.state_dict() if isinstance(other, nn.Module) else dict(other)
+    missing = [n for n in space.names if n not in state]
+    if missing:
+        raise LlvError(f"the other model has no tensor {missing[0]} (+{len(missing) - 1} more): "
+                       "is it another architecture?")
+    return [state[n].detach().clone() for n in space.names]
+
+
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by name (detached), the input of ``functional_call``."""
     state = {n: p.detach() for n, p in model.named_parameters()}

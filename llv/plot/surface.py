@@ -82,14 +82,16 @@ def masked_for(values: np.ndarray, options: PlotOptions) -> np.ndarray:
     return np.ma.masked_less_equal(masked, 0) if options.log else masked
 
 
-def height(values: np.ndarray, options: PlotOptions) -> tuple[np.ndarray, str]:
-    """Heights of a 3-D surface: clipped to ``--vmin/--vmax``; ``--log`` gives ln(loss + 0.1).
+def height(values: np.ndarray, options: PlotOptions, mask: bool = False) -> tuple[np.ndarray, str]:
+    """Heights of a 3-D surface: clipped to ``--vmin/--vmax`` (``mask``: NaN, i.e. not drawn,
+    above ``--vmax``); ``--log`` gives ln(loss + 0.1), as the reference's ``h52vtp.py``.
 
-    The clip and the log follow the reference implementation's ``h52vtp.py``.
+    Masking instead of clipping ends the walls at ``--vmax``, where clipping would draw a flat
+    plateau that is not in the data.
     """
     z = np.array(values, dtype=float)
     if options.vmax is not None:
-        z[z > options.vmax] = options.vmax
+        z[z > options.vmax] = np.nan if mask else options.vmax
     if options.vmin is not None:
         z[z < options.vmin] = options.vmin
     if options.log:
@@ -99,21 +101,8 @@ def height(values: np.ndarray, options: PlotOptions) -> tuple[np.ndarray, str]:
 
 
 def masked_height(values: np.ndarray, options: PlotOptions) -> tuple[np.ndarray, str]:
-    """Heights of a 3-D surface: NaN (not drawn) above ``--vmax``, floored at ``--vmin``;
-    ``--log`` gives ln(loss + 0.1) as the reference's ``h52vtp.py``.
-
-    Masking instead of clipping ends the walls at ``--vmax``, where clipping would draw a flat
-    plateau that is not in the data.
-    """
-    z = np.array(values, dtype=float)
-    if options.vmax is not None:
-        z[z > options.vmax] = np.nan
-    if options.vmin is not None:
-        z[z < options.vmin] = options.vmin
-    if options.log:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.log(z + 0.1), "ln(loss + 0.1)"
-    return z, ""
+    """:func:`height` with the part above ``--vmax`` masked (the 3-D figure's rule)."""
+    return height(values, options, mask=True)
 
 
 def surface_polygons(x: np.ndarray, y: np.ndarray, z: np.ndarray, top: float | None = None):
