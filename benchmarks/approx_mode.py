@@ -142,6 +142,11 @@ def run(quick: bool = False) -> Section:
         "",
         *table(["grid", "N", "exact (CPU s)", "fast (CPU s)", "speed-up", "exact range",
                 "max abs err ÷ range", "within 3 SE", "mean n ÷ N", "exact min loss"], rows),
+        "",
+        "Caveat: filter-normalized directions at ±1 take the corners far out of the basin, so "
+        "`target_se` × range is an absolute error allowance that is loose near the basin's "
+        "minimum; `approx_rel_tol` bounds the error relative to the loss itself for such "
+        "(log-scale) pictures.",
     ]
     return section
 
