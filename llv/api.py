@@ -310,6 +310,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     if list(directions.space.names) != list(space.names):
         raise LlvError("the directions are for other tensors than the model's "
                        f"{space.type} (direction type {directions.space.type})")
+    if compile == "auto" and comm is not None and getattr(comm, "size", 1) > 1:
+        compile = "off"  # each rank would time (and decide) on its own: ranks must agree to the bit
     approximation = None
     if approx:
         from llv.evaluate import Approximation

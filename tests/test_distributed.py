@@ -351,9 +351,10 @@ def test_one_killed_rank_stops_the_job_and_resumes(
 
 def _failing_run(reference, tmp_path, launcher, extra):
     out = tmp_path / "failing"
-    # eval.fold=false: its forward counts calls in Python, which a torch.fx trace would run once
-    failing = overrides(reference, out, "RankFailingTinyConvBN", [f"dist={launcher}", "eval.fold=false",
-                                                                   *extra])
+    # its forward counts calls in Python: no torch.fx trace (fold) and no set-up timing passes
+    # (compile=auto) may call it before the grid does
+    failing = overrides(reference, out, "RankFailingTinyConvBN",
+                        [f"dist={launcher}", "eval.fold=false", "eval.compile=off", *extra])
     started = time.monotonic()
     rc, _, stderr = launch(launcher, 2, [*failing, *grid_2d(reference)], ok=False)
     return rc, stderr, time.monotonic() - started, out
