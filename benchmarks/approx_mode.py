@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import Section, Target, table, timed
+from benchmarks.common import Section, Target, run_alone, table, timed
 
 #: grid sides, N and training steps: 21×21 exact over N images is 9× the 7×7 cost, too slow for this section's
 #: ~8-minute budget on a loaded 2-core machine, so only 7×7 is run by default
@@ -152,17 +152,4 @@ def run(quick: bool = False) -> Section:
 
 
 if __name__ == "__main__":  # python -m benchmarks.approx_mode [--quick]
-    import sys
-
-    import torch
-
-    from llv.console import configure
-
-    configure(quiet=True)
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    section = run(quick="--quick" in sys.argv)
-    for t in section.targets:
-        print(f"{t.name}: {t.value_text()} {t.status} {t.note}")
-    print("\n".join(section.body))
-    print(f"({time.perf_counter() - start:.0f} s)")
+    run_alone(run, quiet=True)

@@ -200,6 +200,26 @@ class Section:
     seconds: float = 0.0
 
 
+def run_alone(run: Callable[..., Section], quiet: bool = False) -> None:
+    """``python -m benchmarks.<section> [--quick]``: run one section and print its targets and
+    tables (one thread, as ``make bench`` runs them)."""
+    import sys
+
+    import torch
+
+    if quiet:
+        from llv.console import configure
+
+        configure(quiet=True)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    section = run(quick="--quick" in sys.argv)
+    for t in section.targets:
+        print(f"{t.name}: {t.value_text()} {t.status} {t.note}")
+    print("\n".join(section.body))
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """A markdown table as lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 from benchmarks.common import (
     Section,
@@ -35,6 +34,7 @@ from benchmarks.common import (
     Target,
     cifar_case,
     median,
+    run_alone,
     side_by_side,
     spread,
     table,
@@ -193,14 +193,4 @@ def targets(model_name, num_images, ratios, seconds, differences, compile_second
 
 
 if __name__ == "__main__":  # python -m benchmarks.exact_mode [--quick]
-    import sys
-
-    import torch
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    section = run(quick="--quick" in sys.argv)
-    for t in section.targets:
-        print(f"{t.name}: {t.value_text()} {t.status} {t.note}")
-    print("\n".join(section.body))
-    print(f"({time.perf_counter() - start:.0f} s)")
+    run_alone(run)

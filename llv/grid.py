@@ -72,19 +72,21 @@ class GridSpec:
         >>> GridSpec.of((-1, 1, 3), None).shape
         (3,)
         """
-        if x is None and y is not None:
-            raise LlvError("bad grid spec: y is set but x is not")
-        return cls(Axis.parse(x, "x") if x is not None else None,
-                   Axis.parse(y, "y") if y is not None else None)
+        return cls._parse(x, y, "")
 
     @classmethod
     def from_cfg(cls, grid) -> GridSpec:
         x = grid.get("x") if hasattr(grid, "get") else None
         y = grid.get("y") if hasattr(grid, "get") else None
+        return cls._parse(x, y, "grid.")
+
+    @classmethod
+    def _parse(cls, x, y, prefix: str) -> GridSpec:
         if x is None and y is not None:
-            raise LlvError("bad grid spec: grid.y is set but grid.x is null")
-        return cls(Axis.parse(x, "grid.x") if x is not None else None,
-                   Axis.parse(y, "grid.y") if y is not None else None)
+            missing = "null" if prefix else "not"  # a config says null, Python None
+            raise LlvError(f"bad grid spec: {prefix}y is set but {prefix}x is {missing}")
+        return cls(Axis.parse(x, f"{prefix}x") if x is not None else None,
+                   Axis.parse(y, f"{prefix}y") if y is not None else None)
 
     @property
     def ndim(self) -> int:

@@ -225,12 +225,19 @@ def stop_signals() -> Iterator[None]:
     def raise_stopped(signum, _frame):
         raise Stopped(signum)
 
-    previous = {s: signal.signal(s, raise_stopped) for s in _STOP_SIGNALS}
-    try:
+    with _handling(_STOP_SIGNALS, raise_stopped):
         yield
+
+
+@contextlib.contextmanager
+def _handling(signals, handler) -> Iterator[dict]:
+    """``handler`` for ``signals`` during the block; the previous handlers (yielded) after it."""
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield previous
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 @contextlib.contextmanager
@@ -248,13 +255,8 @@ def held_signals() -> Iterator[None]:
     def remember(signum, _frame):
         received.append(signum)
 
-    signals = (signal.SIGINT, *_STOP_SIGNALS)
-    previous = {s: signal.signal(s, remember) for s in signals}
-    try:
+    with _handling((signal.SIGINT, *_STOP_SIGNALS), remember) as previous:
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     received = [s for s in received if previous[s] is not signal.SIG_IGN]
     if received:
         signum = received[0]

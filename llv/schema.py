@@ -80,7 +80,8 @@ class Check:
     null = False
 
     def ok(self, value: Any) -> bool:
-        raise NotImplementedError
+        """Any value (the base check, e.g. the items of a ``ListOf`` given no item check)."""
+        return True
 
     def accepts(self, value: Any) -> bool:
         return (value is None and self.null) or (value is not None and self.ok(value))

@@ -210,11 +210,7 @@ def cross_check_curvature(session: Session, directions: dirs.Directions, result,
     dtype = torch.float64 if str(cfg.eval.precision) == "fp64" else None
     # two products only: small chunks keep the double-backward graph (the run's memory peak at
     # 128 examples, benchmarks/) small at no real cost
-    from llv.batches import as_batches
-
-    small = as_batches((session.data(split, cfg.eval.max_samples).inputs,
-                        session.data(split, cfg.eval.max_samples).targets),
-                       batch_size=min(data[split].num_examples, 32), device=session.device)
+    small = session.batches(split, cfg.eval.max_samples, min(data[split].num_examples, 32))
     h = Hessian(session.model, small, loss=str(cfg.loss), dtype=dtype)
     op = h.operator
     names = directions.space.names
