@@ -640,3 +640,46 @@ def point_metrics(model: nn.Module, data, *, loss="ce", device=None, precision: 
     evaluator = PointEvaluator(model, space, _model_values(model, space, device), zero, splits,
                                loss=loss, precision=precision, accuracy=accuracy, device=device)
     return {k: float(v[0]) for k, v in evaluator.evaluate(torch.zeros(1, 1)).items()}
+
+
+# ------------------------------------------------------------------------------ curves and extents
+
+
+def connect(model_a: nn.Module, model_b: nn.Module | Mapping, data, *, path: str = "bezier",
+            epochs: int = 10, lr: float = 0.01, batch_size="auto", seed: int = 0, points: int = 61,
+            bn: str = "recompute", checkpoint_dir: str | Path | None = None, loss="ce", **options):
+    """A low-loss curve between two models (Garipov et al. 2018) beside the straight line.
+
+    Trains the control point θ_M of a quadratic Bézier curve (``path="bezier"``) or a
+    one-bend polygonal chain (``"polychain"``), then evaluates both paths at ``points`` t values
+    in [0, 1] with BatchNorm statistics recomputed at each t. Other options (``optimizer``,
+    ``momentum``, ``weight_decay``, ``device``, ``precision``, ``accuracy``, ``progress``) are
+    :func:`llv.curves.connect`'s.
+
+    Returns:
+        :class:`llv.curves.Connection`: ``t``, ``curve``/``line`` metrics along t,
+        ``curve_barrier``/``line_barrier``, the ``control`` point; ``.save``, ``.plot``,
+        ``.plane(model_a, model_b)`` (the plane through A, B, M with both paths).
+    """
+    from llv.curves import connect as train_curve
+
+    return train_curve(model_a, model_b, data, path=path, epochs=epochs, lr=lr, batch_size=batch_size,
+                       seed=seed, points=points, bn=bn, checkpoint_dir=checkpoint_dir, loss=loss,
+                       **options)
+
+
+def extent(model: nn.Module, data, directions, *, rise: float | None = 2.0, add: float | None = None,
+           max_extent: float = 10.0, tol: float = 1e-2, **options):
+    """The range along ± each axis of ``directions`` where the loss first rises to ``rise`` ×
+    the centre loss (or by ``add``), found by doubling then bisection; in the directions' units.
+    Other options (``start``, ``loss``, ``batch_size``, ``device``, ``bn``, ``split``,
+    ``precision``, ``progress``) are :func:`llv.auto_extent.extent`'s.
+
+    Returns:
+        :class:`llv.auto_extent.Extent`: ``ranges`` per axis, ``.grid(num)`` for :func:`surface`,
+        ``.record()`` the attributes to store.
+    """
+    from llv.auto_extent import extent as search_extent
+
+    return search_extent(model, data, directions, rise=rise, add=add, max_extent=max_extent, tol=tol,
+                         **options)
