@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             probe: str | bool = False, recorded_metrics: Mapping | None = None,
             fold: bool = True, compile: str = "auto", approx: bool = False,
             target_se: float = 0.005, approx_rel_tol: float | None = None, approx_start: int = 128,
+            auto: Mapping | None = None,
             coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> Surface | None:
     """The loss (and accuracy) surface f(α, β) = L(θ + αδ + βη) around ``model``'s parameters.
 
@@ -252,6 +254,13 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             mapping ``{"train": ..., "test": ...}`` (metrics are named ``<split>_loss``; one
             data set is the ``train`` split).
         x, y: ``(min, max, num)`` (or ``"min:max:num"``) along each direction; ``y=None``: 1-D.
+            ``"auto"`` / ``"auto:num"``: the range where the loss first rises to a level, found
+            before the grid by :func:`llv.extent`'s search on the first split (exact, on rank 0)
+            and stored as ``auto_x``/``auto_y`` (resuming reuses the file's range).
+        auto: options of that search: ``rise`` (default 2: the level is 2× the centre loss),
+            ``add`` (the level is the centre loss + add), ``max_extent``, ``tol``, ``start``;
+            ``symmetric`` (default True): ± the larger crossing on each axis, so that with an
+            odd number of points the centre is a grid point (False: each side its own).
         directions: None (random, seeded by ``seed``, normalized by ``norm``/``ignore``), a
             :class:`llv.direction.Directions` (from :func:`directions`), or a direction file.
         loss: ``"ce"``, ``"mse"`` or a callable ``(outputs, batch) -> per-example losses``.
@@ -325,6 +334,11 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                                accuracy=accuracy, device=device, fold=fold, compile=compile,
                                expected_points=grid.num_points * directions.ensemble,
                                approx=approximation)
+    extent_attrs = {}
+    if grid.auto:
+        grid, extent_attrs = _resolve_auto(partial(_exact_loss, evaluator, f"{next(iter(splits))}_loss"), grid,
+                                           directions.flat().shape[0], path, resume, comm, auto, progress,
+                                           next(iter(splits)))
     approx_attrs = {}
     if approximation is not None:
         approx_attrs = _approximation_scale(evaluator, grid, directions, path, resume, splits)
@@ -343,7 +357,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                  "ensemble": directions.ensemble, "splits": ",".join(splits), "bn": bn,
                  "llv_version": __version__, "seconds": 0.0, "precision": precision,
                  "bn_folded": len(evaluator.folded.folded_pairs) if evaluator.folded else 0,
-                 **_compile_attrs(evaluator.compile), **approx_attrs, **probe_attrs, **dict(attrs or {})}
+                 **_compile_attrs(evaluator.compile), **extent_attrs, **approx_attrs, **probe_attrs,
+                 **dict(attrs or {})}
     run_attrs.setdefault("command", "surface")
     for key in ("plane_coordinates", "plane_labels"):  # figures mark the models a plane runs through
         if key in directions.attrs:
@@ -381,6 +396,57 @@ def _hessian_estimate(h: Hessian, points: int, tol: float, seed: int) -> dict:
     per = max(ends["num_hvp"], 1)
     hvp_seconds = seconds / per
     return {"num_hvp": per, "hvp_seconds": hvp_seconds, "seconds": points * per * hvp_seconds}
+
+
+def _exact_loss(evaluator: PointEvaluator, key: str, row: torch.Tensor) -> float:
+    """One point's ``key`` evaluated exactly (on the whole split, also in the fast mode)."""
+    approximation, evaluator.approx = evaluator.approx, None
+    try:
+        return float(evaluator.evaluate(row)[key][0])
+    finally:
+        evaluator.approx = approximation
+
+
+def _resolve_auto(loss_of_row: Callable[[torch.Tensor], float], grid: GridSpec, width: int, path,
+                  resume: bool, comm, options: Mapping | None, progress: bool, split: str
+                  ) -> tuple[GridSpec, dict]:
+    """``grid`` with its ``auto`` axes' ranges: the file's when resuming one, else found by
+    :func:`llv.auto_extent.search` on ``loss_of_row`` (a (1, width) row of coefficients → the
+    loss; the first ``grid.ndim`` axes are searched), on rank 0 and broadcast."""
+    from llv.auto_extent import search
+
+    options = dict(options or {})
+    symmetric = bool(options.pop("symmetric", True))
+    unknown = set(options) - {"rise", "add", "max_extent", "tol", "start"}
+    if unknown:
+        raise LlvError(f"unknown auto option(s) {', '.join(sorted(unknown))}; "
+                       "valid: rise, add, max_extent, tol, start, symmetric")
+    found = None
+    if comm is None or getattr(comm, "rank", 0) == 0:
+        if path is not None and resume and Path(path).is_file():
+            stored = SurfaceFile.open(path)
+            ranges = [(float(c[0]), float(c[-1])) for c in stored.coordinates.values()]
+            keep = {k: v for k, v in stored.attrs.items() if k.startswith("auto_")}
+            found = (ranges, keep, f"automatic extent: resuming {path} over its stored range")
+        else:
+            def loss_at(coefficients) -> float:
+                row = torch.zeros(1, width, dtype=torch.float64)
+                row[0, :grid.ndim] = torch.tensor(coefficients, dtype=torch.float64)
+                return loss_of_row(row)
+
+            extent_ = search(loss_at, grid.ndim, **options)
+            extent_.attrs.update(split=split, symmetric=symmetric)
+            ranges = [(-max(-lo, hi), max(-lo, hi)) if symmetric else (lo, hi) for lo, hi in extent_.ranges]
+            text = extent_.describe()
+            if symmetric:
+                text += "; the grid takes the larger side on both (symmetric, so the centre is a grid point)"
+            found = (ranges, extent_.record(), text)
+    if comm is not None and getattr(comm, "size", 1) > 1:
+        found = comm.bcast(found)
+    ranges, record, text = found
+    if progress:
+        log.info(text)
+    return grid.resolve(ranges), record
 
 
 def _approximation_scale(evaluator: PointEvaluator, grid: GridSpec, directions_: dirs.Directions,
@@ -510,7 +576,7 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
                 warm_start: bool = True,
                 dtype: torch.dtype | None = None, split: str = "train", path=None, resume: bool = True,
                 comm=None, chunk_points: int = 64, stop_after: int | None = None, progress: bool = True,
-                attrs: Mapping | None = None) -> Surface | None:
+                attrs: Mapping | None = None, auto: Mapping | None = None) -> Surface | None:
     """λmax and λmin of the Hessian at every point of the plane (paper §6): ``max_eig``,
     ``min_eig``, ``<split>_loss`` and the ``num_hvp`` each point took; the figure shows
     |λmin/λmax|.
@@ -519,6 +585,7 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
     (its products × the measured cost of one product) and logged. With ``warm_start`` each
     point's Lanczos starts from the previous point's Ritz vectors (within a chunk of
     ``chunk_points``: chunks start cold, so results do not depend on the number of ranks).
+    ``x``/``y`` may be ``"auto"`` as in :func:`surface` (the search runs on this loss).
     """
     grid = GridSpec.of(x, y)
     space = ParameterSpace.of(model, "weights")
@@ -530,6 +597,15 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
     points = PointMap(space, base, directions.flat(), base_h.operator.device)
     metrics = ["max_eig", "min_eig", f"{split}_loss", "num_hvp"]
     from llv.curvature import HessianOperator, spectrum_ends
+
+    extent_attrs = {}
+    if grid.auto:
+        def loss_of_row(row: torch.Tensor) -> float:
+            state = {n: t[0] for n, t in points.tensors(row).items()}
+            return HessianOperator.like(base_h.operator, state).loss_value()
+
+        grid, extent_attrs = _resolve_auto(loss_of_row, grid, directions.flat().shape[0], path, resume, comm,
+                                           auto, progress, split)
 
     estimate = _hessian_estimate(base_h, grid.num_points * directions.ensemble, tol, lanczos_seed)
     if progress:
@@ -559,7 +635,7 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
                  "warm_start": bool(warm_start), "estimated_hvp_per_point": estimate["num_hvp"],
                  "hvp_seconds": estimate["hvp_seconds"],
                  "llv_version": __version__, "seconds": 0.0, "ensemble": directions.ensemble,
-                 **dict(attrs or {})}
+                 **extent_attrs, **dict(attrs or {})}
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
     file, stats = run_points(point_function, grid, directions, metrics, comm=comm, path=path,
                              resume=resume, attrs=run_attrs, provenance=provenance,

@@ -78,7 +78,7 @@ class Extent:
         """
         out = {f"auto_{k}": v for k, v in self.attrs.items() if v is not None}
         for name, (low, high), (cap_low, cap_high) in zip(AXES, self.ranges, self.capped):
-            out[f"auto_{name}"] = f"{low:.6g}:{high:.6g}"
+            out[f"auto_{name}"] = f"{low!r}:{high!r}"  # repr: the run repeats to the bit
             out[f"auto_{name}_capped"] = ",".join(side for side, hit in (("min", cap_low), ("max", cap_high))
                                                  if hit) or "none"
         out.update(auto_centre_loss=self.centre_loss, auto_level=self.level,
@@ -131,6 +131,47 @@ def search_side(loss_at: Callable[[float], float], level: float, *, start: float
         else:
             low = middle
     return float(high), False, evaluations
+
+
+def search(loss_at: Callable[[list[float]], float], ndim: int, *, rise: float | None = 2.0,
+           add: float | None = None, max_extent: float = 10.0, tol: float = 1e-2, start: float = 0.1
+           ) -> Extent:
+    """The extent of ``loss_at`` (a function of ``ndim`` coefficients): the centre's loss, the
+    level (``rise`` × it, or + ``add``) and a :func:`search_side` along ± each axis.
+
+    >>> e = search(lambda c: 1.0 + sum(v * v for v in c), 2, rise=2.0, tol=1e-6)
+    >>> [(round(lo, 4), round(hi, 4)) for lo, hi in e.ranges]
+    [(-1.0, 1.0), (-1.0, 1.0)]
+    """
+    centre = loss_at([0.0] * ndim)
+    if add is not None:
+        if not float(add) > 0:
+            raise LlvError(f"add must be positive, got {add}")
+        level = centre + float(add)
+    else:
+        if rise is None:
+            raise LlvError("give rise= (a multiple of the centre loss) or add= (an amount)")
+        level = float(rise) * centre
+        if not level > centre:
+            raise LlvError(f"the centre loss is {centre:.4g}: {rise} times it does not rise above it; "
+                           "use add= (an absolute amount) instead")
+    ranges, capped, evaluations = [], [], 1
+    for axis in range(ndim):
+        sides = []
+        for sign in (-1.0, 1.0):
+            def along(alpha: float, axis=axis, sign=sign) -> float:
+                row = [0.0] * ndim
+                row[axis] = sign * alpha
+                return loss_at(row)
+
+            alpha, hit_cap, used = search_side(along, level, start=start, max_extent=max_extent, tol=tol)
+            sides.append((sign * alpha, hit_cap))
+            evaluations += used
+        ranges.append((sides[0][0], sides[1][0]))
+        capped.append((sides[0][1], sides[1][1]))
+    attrs = {"rise": None if add is not None else float(rise), "add": None if add is None else float(add),
+             "tol": float(tol), "max_extent": float(max_extent), "start": float(start)}
+    return Extent(ranges, capped, centre, level, evaluations, attrs)
 
 
 def extent(model: nn.Module, data, directions, *, rise: float | None = 2.0, add: float | None = None,
@@ -187,36 +228,8 @@ def extent(model: nn.Module, data, directions, *, rise: float | None = 2.0, add:
         row = torch.tensor([coefficients], dtype=torch.float64)
         return float(evaluator.evaluate(row)[key][0])
 
-    centre = loss_at([0.0] * ndim)
-    if add is not None:
-        level = centre + float(add)
-        if not float(add) > 0:
-            raise LlvError(f"add must be positive, got {add}")
-    else:
-        if rise is None:
-            raise LlvError("give rise= (a multiple of the centre loss) or add= (an amount)")
-        level = float(rise) * centre
-        if not level > centre:
-            raise LlvError(f"the centre loss is {centre:.4g}: {rise} times it does not rise above it; "
-                           "use add= (an absolute amount) instead")
-    ranges, capped, evaluations = [], [], 1
-    for axis in range(ndim):
-        sides = []
-        for sign in (-1.0, 1.0):
-            def along(alpha: float, axis=axis, sign=sign) -> float:
-                row = [0.0] * ndim
-                row[axis] = sign * alpha
-                return loss_at(row)
-
-            alpha, hit_cap, used = search_side(along, level, start=start, max_extent=max_extent, tol=tol)
-            sides.append((sign * alpha, hit_cap))
-            evaluations += used
-        ranges.append((sides[0][0], sides[1][0]))
-        capped.append((sides[0][1], sides[1][1]))
-    attrs = {"rise": None if add is not None else float(rise), "add": None if add is None else float(add),
-             "tol": float(tol), "max_extent": float(max_extent), "start": float(start), "split": split,
-             "bn": bn}
-    result = Extent(ranges, capped, centre, level, evaluations, attrs)
+    result = search(loss_at, ndim, rise=rise, add=add, max_extent=max_extent, tol=tol, start=start)
+    result.attrs.update(split=split, bn=bn)
     if progress:
         log.info(result.describe())
     return result

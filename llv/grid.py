@@ -1,7 +1,9 @@
 """Grids of direction coefficients: axes, 0/1/2-D grids, and the coefficients of points.
 
 A grid is given as ``min:max:num`` strings (the CLI) or ``(min, max, num)`` tuples (the API).
-Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``.
+Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``. On the command line
+an axis may also be ``auto`` or ``auto:num`` (:class:`AutoAxis`): its range is chosen at run
+time by :func:`llv.extent` (``grid.auto_*``) and the grid is then :meth:`GridSpec.resolve`-d.
 """
 
 from __future__ import annotations
@@ -55,6 +57,51 @@ class Axis:
         return f"{self.min:g}:{self.max:g}:{self.num}"
 
 
+AUTO_NUM = 21
+"""Points of an ``auto`` axis when no count is given (``auto:51`` gives 51)."""
+
+
+@dataclass(frozen=True)
+class AutoAxis:
+    """An axis whose range is chosen at run time (``auto`` / ``auto:num``): only its count is known.
+
+    >>> AutoAxis.parse("auto:51"), AutoAxis.parse("auto").num
+    (AutoAxis(num=51), 21)
+    """
+
+    num: int = AUTO_NUM
+
+    @classmethod
+    def parse(cls, spec: object, name: str = "grid.x") -> AutoAxis:
+        head, _, count = str(spec).strip().partition(":")
+        if head != "auto":
+            raise LlvError(f"bad grid spec {name}={spec!r}: expected auto or auto:num")
+        try:
+            num = int(count) if count else AUTO_NUM
+        except ValueError:
+            raise LlvError(f"bad grid spec {name}={spec!r}: expected auto or auto:num, e.g. auto:51") from None
+        if num < 2:
+            raise LlvError(f"bad grid spec {name}={spec!r}: an automatic axis needs at least 2 points")
+        return cls(num)
+
+    def __str__(self) -> str:
+        return f"auto:{self.num}"
+
+
+def parse_axis(spec: object, name: str = "grid.x") -> Axis | AutoAxis:
+    """``'min:max:num'`` / ``(min, max, num)`` → :class:`Axis`; ``'auto'`` / ``'auto:num'`` →
+    :class:`AutoAxis`.
+
+    >>> parse_axis("auto:11"), parse_axis("0:1:2")
+    (AutoAxis(num=11), Axis(min=0.0, max=1.0, num=2))
+    """
+    if isinstance(spec, (Axis, AutoAxis)):
+        return spec
+    if isinstance(spec, str) and spec.strip().partition(":")[0] == "auto":
+        return AutoAxis.parse(spec, name)
+    return Axis.parse(spec, name)
+
+
 @dataclass(frozen=True)
 class GridSpec:
     """A 0-D (single point), 1-D or 2-D grid of direction coefficients.
@@ -62,8 +109,8 @@ class GridSpec:
     Values of a 2-D grid are stored as ``value[iy, ix]`` at ``(x[ix], y[iy])``.
     """
 
-    x: Axis | None
-    y: Axis | None = None
+    x: Axis | AutoAxis | None
+    y: Axis | AutoAxis | None = None
 
     @classmethod
     def of(cls, x=None, y=None) -> GridSpec:
@@ -85,8 +132,26 @@ class GridSpec:
         if x is None and y is not None:
             missing = "null" if prefix else "not"  # a config says null, Python None
             raise LlvError(f"bad grid spec: {prefix}y is set but {prefix}x is {missing}")
-        return cls(Axis.parse(x, f"{prefix}x") if x is not None else None,
-                   Axis.parse(y, f"{prefix}y") if y is not None else None)
+        return cls(parse_axis(x, f"{prefix}x") if x is not None else None,
+                   parse_axis(y, f"{prefix}y") if y is not None else None)
+
+    @property
+    def auto(self) -> bool:
+        """Whether an axis is ``auto`` (its range is not known until :meth:`resolve`)."""
+        return isinstance(self.x, AutoAxis) or isinstance(self.y, AutoAxis)
+
+    def resolve(self, ranges) -> GridSpec:
+        """This grid with each ``auto`` axis given its ``(min, max)`` from ``ranges`` (x, then y).
+
+        >>> GridSpec.of("auto:3", "-1:1:5").resolve([(-0.5, 0.5), None]).x
+        Axis(min=-0.5, max=0.5, num=3)
+        """
+        axes = []
+        for axis, span in zip((self.x, self.y), list(ranges) + [None] * 2):
+            if isinstance(axis, AutoAxis):
+                axis = Axis(float(span[0]), float(span[1]), axis.num)
+            axes.append(axis)
+        return GridSpec(*axes)
 
     @property
     def ndim(self) -> int:
@@ -110,6 +175,9 @@ class GridSpec:
     def coefficients(self):
         """(num_points, 2) array of (alpha, beta) in storage (row-major) order."""
         import numpy as np
+
+        if self.auto:
+            raise LlvError(f"the grid {self.describe()} has an automatic axis: resolve it first")
 
         if self.x is None:
             return np.zeros((1, 2))

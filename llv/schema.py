@@ -277,21 +277,22 @@ class Either(Check):
 
 @dataclass(frozen=True)
 class GridAxis(Check):
-    """``'min:max:num'`` (finite min < max, or min == max for num = 1) or null (no axis)."""
+    """``'min:max:num'`` (finite min < max, or min == max for num = 1), ``auto`` / ``auto:num``
+    (the range found at run time, ``grid.auto_*``) or null (no axis)."""
 
     null: bool = True
 
     @property
     def expected(self) -> str:
-        return self._or_null("'min:max:num' (finite min < max, num >= 1), e.g. '-1:1:51'")
+        return self._or_null("'min:max:num' (finite min < max, num >= 1), e.g. '-1:1:51', or auto / auto:num")
 
     def ok(self, value: Any) -> bool:
-        from llv.grid import Axis  # torch-free: the one parser of grid specs
+        from llv.grid import parse_axis  # torch-free: the one parser of grid specs
 
         if not isinstance(value, str):
             return False
         try:
-            Axis.parse(value)
+            parse_axis(value)
         except LlvError:
             return False
         return True
@@ -528,15 +529,24 @@ def dataset_family(value: Mapping) -> type:
 class Grid:
     """``grid``: the coefficients of the directions, ``min:max:num`` per axis."""
 
-    x: str | None = setting("-1:1:21", GridAxis(), "x axis 'min:max:num' (null: a single point)")
-    y: str | None = setting("-1:1:21", GridAxis(), "y axis 'min:max:num' (null: a 1D grid)")
+    x: str | None = setting("-1:1:21", GridAxis(),
+                            "x axis 'min:max:num' (null: a single point; auto / auto:num: found by grid.auto_*)")
+    y: str | None = setting("-1:1:21", GridAxis(), "y axis 'min:max:num' (null: a 1D grid; auto / auto:num)")
+    auto_rise: float = setting(2.0, Number(low=1, low_open=True),
+                               "auto axes end where the loss first reaches auto_rise x the centre loss")
+    auto_add: float | None = setting(None, Number(low=0, low_open=True, null=True),
+                                     "auto axes: the level is the centre loss + auto_add instead (null: use auto_rise)")
+    auto_max: float = setting(10.0, _POSITIVE, "auto axes: the largest |coefficient| searched (a side below the level is capped there)")
+    auto_tol: float = setting(0.01, _POSITIVE, "auto axes: the search's final bracket width (direction units)")
+    auto_symmetric: bool = setting(True, Flag(),
+                                   "auto axes: +- the larger crossing (the centre stays a grid point); false: each side its own")
 
     @staticmethod
     def check_node(value: Mapping, path: str) -> None:
         """Refuse a grid whose arrays would not fit in memory, naming its size."""
-        from llv.grid import Axis
+        from llv.grid import parse_axis
 
-        nums = [Axis.parse(value[a]).num for a in ("x", "y") if isinstance(value.get(a), str)]
+        nums = [parse_axis(value[a]).num for a in ("x", "y") if isinstance(value.get(a), str)]
         points = math.prod(nums) if nums else 1
         if points > MAX_GRID_POINTS:
             size = f"{nums[0]}x{nums[1]} points (x by y) = {points:,}" if len(nums) == 2 else f"{points:,} points"

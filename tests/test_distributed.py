@@ -272,6 +272,21 @@ def test_more_ranks_than_points(reference, tmp_path):
     assert "3 ranks for 2 pending points: 1 rank(s) stay idle" in stderr
 
 
+def test_auto_extent_is_found_once_and_shared_by_every_rank(reference, tmp_path):
+    """``grid.x=auto``: rank 0 searches and broadcasts; the surface equals a one-process run."""
+    auto = ["grid.x=auto:5", "grid.y=null", f"dir_file={reference['line_dir_file']}", "grid.auto_rise=1.2"]
+    single = surface_task.run(compose("surface", [*overrides(reference, tmp_path / "one", extra=["dist=none"]),
+                                                  *auto]))
+    out = tmp_path / "mpi2"
+    _, _, stderr = launch("mpi", 2, [*overrides(reference, out, extra=["dist=mpi"]), *auto])
+    values, attrs = read(out / "surface.h5")
+    expected, expected_attrs = read(single)
+    assert stderr.count("automatic extent:") == 1  # rank 0 alone searches and logs
+    assert attrs["auto_x"] == expected_attrs["auto_x"] and attrs["world_size"] == 2
+    np.testing.assert_array_equal(values["xcoordinates"], expected["xcoordinates"])
+    np.testing.assert_allclose(values["train_loss"], expected["train_loss"], rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------ kill and resume
 
 

@@ -63,8 +63,12 @@ def check_inputs(cfg, run_dir: Path | None = None) -> None:
     grid, checked before anything is built or read (a ``prepare`` of the session)."""
     from llv.tasks.session import check_file
 
-    if GridSpec.from_cfg(cfg.grid).ndim == 0 and str(cfg.command) != "hessian":
+    grid = GridSpec.from_cfg(cfg.grid)
+    if grid.ndim == 0 and str(cfg.command) != "hessian":
         raise LlvError(f"llv {cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
+    if grid.auto and str(cfg.command) not in ("surface", "hessian", "direction"):
+        raise LlvError(f"llv {cfg.command} does not take grid.x=auto / grid.y=auto (surface and hessian maps do); "
+                       "give grid.x=min:max:num")
     if cfg.get("dir_file"):
         check_file(cfg.dir_file, "dir_file")
         return
@@ -188,10 +192,35 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
         attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},
         probe=str(cfg.get("probe", True)), recorded_metrics=recorded if e.max_samples is None else {},
-        coordinate_names=coordinate_names, progress=True)
+        auto=auto_options(cfg), coordinate_names=coordinate_names, progress=True)
+    if grid.auto and result is not None:
+        log.info(f"to repeat this grid exactly: {repeat_overrides(result)}")
     if result is not None and result.complete and space.type == "weights" and cfg.summary.get("cross_check", True):
         cross_check_curvature(session, directions, result, data)
     return result
+
+
+def auto_options(cfg) -> dict:
+    """``grid.auto_*`` as the API's ``auto=`` options (the search for ``grid.x=auto``)."""
+    g = cfg.grid
+    return {"rise": float(g.get("auto_rise", 2.0)), "add": g.get("auto_add"),
+            "max_extent": float(g.get("auto_max", 10.0)), "tol": float(g.get("auto_tol", 0.01)),
+            "symmetric": bool(g.get("auto_symmetric", True))}
+
+
+def repeat_overrides(result) -> str:
+    """``grid.x=min:max:num grid.y=...`` that give ``result``'s grid to the bit (repr floats).
+
+    >>> class R: x, y = np.linspace(-0.25, 0.5, 3), None
+    >>> repeat_overrides(R())
+    'grid.x=-0.25:0.5:3 grid.y=null'
+    """
+    parts = []
+    for name in ("x", "y"):
+        values = getattr(result, name)
+        parts.append(f"grid.{name}=" + ("null" if values is None else
+                                        f"{float(values[0])!r}:{float(values[-1])!r}:{len(values)}"))
+    return " ".join(parts)
 
 
 def _compile_mode(value) -> str:

@@ -17,7 +17,15 @@ from llv.config import GridSpec, to_yaml
 from llv.console import LlvError, log, print_table
 from llv.spectrum import COMPUTE
 from llv.storage import hessian as hessian_file
-from llv.tasks._grid import check_inputs, grid_directions, hessian_at, plot_result, run_attrs
+from llv.tasks._grid import (
+    auto_options,
+    check_inputs,
+    grid_directions,
+    hessian_at,
+    plot_result,
+    repeat_overrides,
+    run_attrs,
+)
 from llv.tasks.session import Session, running
 
 FILE = hessian_file.FILE
@@ -154,13 +162,17 @@ def compute_map(session: Session, grid: GridSpec):
     split = str(cfg.eval.splits[0])
     data = session.batches(split, h.get("max_samples"), h.batch_size)
     dtype = {"float32": None, "float64": torch.float64}[str(h.dtype)]
-    return api.hessian_map(
+    result = api.hessian_map(
         session.model, data, x=grid.x, y=grid.y, directions=directions, loss=str(cfg.loss),
         tol=float(h.tol), lanczos_seed=int(cfg.seed), dtype=dtype, split=split,
         warm_start=bool(h.get("warm_start", True)),
         path=session.run_dir / FILE, resume=session.existing is not None, comm=session.comm,
         chunk_points=int(cfg.eval.chunk_points), stop_after=cfg.get("stop_after_points"),
-        attrs={**run_attrs(session, directions, dir_file), "hessian_max_samples": str(h.get("max_samples"))})
+        attrs={**run_attrs(session, directions, dir_file), "hessian_max_samples": str(h.get("max_samples"))},
+        auto=auto_options(cfg))
+    if grid.auto and result is not None:
+        log.info(f"to repeat this grid exactly: {repeat_overrides(result)}")
+    return result
 
 
 

@@ -79,7 +79,11 @@ def _prepare(cfg, run_dir: Path) -> Path:
         raise LlvError("llv interpolate needs checkpoint=A.pt and checkpoint2=B.pt")
     first = check_file(cfg.checkpoint, "checkpoint")
     check_file(cfg.checkpoint2, "checkpoint2")
-    if GridSpec.from_cfg(cfg.grid).ndim != 1:
+    grid = GridSpec.from_cfg(cfg.grid)
+    if grid.auto:
+        raise LlvError("llv interpolate does not take grid.x=auto: the range of α is set by the two models; "
+                       "give grid.x=min:max:num (default -0.5:1.5:401)")
+    if grid.ndim != 1:
         raise LlvError("llv interpolate takes a 1D grid: grid.x=min:max:num grid.y=null")
     if cfg.interpolate.get("recompute_bn"):
         cfg.eval.bn = "recompute"

@@ -73,6 +73,9 @@ def _prepare(cfg, out_dir: Path) -> Path:
     cfg.run = str(run_dir)
     trained = with_run_model(cfg, run_dir)
     cfg.model, cfg.dataset = trained.model, trained.dataset
+    if GridSpec.from_cfg(cfg.grid).auto:
+        raise LlvError("llv trajectory does not take grid.x=auto: its box is fitted to the path; "
+                       "grid.x/grid.y give the resolution (e.g. grid=21x21)")
     if cfg.trajectory.surface:
         tr.box_grid(((0.0, 1.0), (0.0, 1.0)), GridSpec.from_cfg(cfg.grid))  # a 1D grid fails here
     return tr.choose_epochs(run_dir, cfg.trajectory.get("epochs"))[-1][1]
