@@ -341,7 +341,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                                            next(iter(splits)))
     approx_attrs = {}
     if approximation is not None:
-        approx_attrs = _approximation_scale(evaluator, grid, directions, path, resume, splits)
+        pilots = _Pilots(evaluator, grid, directions.flat().shape[0])
+        approx_attrs = _approximation_scale(evaluator, pilots, path, resume, splits)
     probe_attrs = {}
     if probe and str(probe).lower() not in ("false", "0", "off", "none"):
         from llv.probe import run_probe
@@ -367,7 +368,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     if evaluator.variance_floors:
         run_attrs.update(_floored_range(evaluator, grid, directions.ensemble))
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
-    file, stats = run_points(lambda rows: evaluator.evaluate(rows), grid, directions, evaluator.metrics,
+    point_function = pilots.evaluate if approximation is not None else evaluator.evaluate
+    file, stats = run_points(point_function, grid, directions, evaluator.metrics,
                              comm=comm, path=path, resume=resume, attrs=run_attrs, provenance=provenance,
                              coordinate_names=coordinate_names, chunk_points=chunk_points,
                              stop_after=stop_after, progress=progress,
@@ -449,8 +451,53 @@ def _resolve_auto(loss_of_row: Callable[[torch.Tensor], float], grid: GridSpec, 
     return grid.resolve(ranges), record
 
 
-def _approximation_scale(evaluator: PointEvaluator, grid: GridSpec, directions_: dirs.Directions,
-                         path, resume: bool, splits) -> dict:
+class _Pilots:
+    """The fast mode's pilot points: the centre and the corners, evaluated on the whole split.
+
+    Their losses give the surface's range (the scale of ``target_se``); where they are grid
+    points (the corners always, the centre when 0 is a coordinate) the grid takes these exact
+    values instead of evaluating them again. A pilot point is always evaluated the same way
+    (the whole split, whether or not the pilots ran in this process, e.g. after a resume), so
+    resumed and distributed runs give the same numbers as one run.
+    """
+
+    def __init__(self, evaluator: PointEvaluator, grid: GridSpec, width: int):
+        self.evaluator = evaluator
+        xs = [grid.x.min, grid.x.max]
+        ys = [grid.y.min, grid.y.max] if grid.ndim == 2 else [0.0]
+        pilot = [(0.0, 0.0)] + [(x, y) for x in xs for y in ys]
+        self.rows = torch.zeros(len(pilot), width, dtype=torch.float64)
+        for i, (x, y) in enumerate(pilot):
+            self.rows[i, 0] = x
+            if grid.ndim == 2:
+                self.rows[i, 1] = y
+        self.keys = {self._key(row) for row in self.rows}
+        self.values: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def _key(row: torch.Tensor) -> tuple:
+        return tuple(row.to(torch.float64).tolist())
+
+    def exact(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A pilot point's metrics on the whole split (computed once)."""
+        key = self._key(row)
+        if key not in self.values:
+            approximation = self.evaluator.approx
+            scale, approximation.scale = approximation.scale, None  # None: never stop early
+            try:
+                self.values[key] = self.evaluator.evaluate(row[None].to(torch.float64))
+            finally:
+                approximation.scale = scale
+        return self.values[key]
+
+    def evaluate(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The grid's point function: pilot points from :meth:`exact`, the others approximated."""
+        parts = [self.exact(row) if self._key(row) in self.keys else self.evaluator.evaluate(row[None])
+                 for row in torch.as_tensor(rows)]
+        return {name: torch.cat([p[name].reshape(-1).cpu() for p in parts]) for name in parts[0]}
+
+
+def _approximation_scale(evaluator: PointEvaluator, pilots: _Pilots, path, resume: bool, splits) -> dict:
     """The fast mode's scale: the loss range over the exact centre and corners (or, when resuming,
     the scale the file was started with, so that the run makes the same choices)."""
     approximation = evaluator.approx
@@ -459,16 +506,8 @@ def _approximation_scale(evaluator: PointEvaluator, grid: GridSpec, directions_:
         if stored is not None:
             approximation.scale = float(stored)
     if approximation.scale is None:
-        xs = [grid.x.min, grid.x.max]
-        ys = [grid.y.min, grid.y.max] if grid.ndim == 2 else [0.0]
-        pilot = [(0.0, 0.0)] + [(x, y) for x in xs for y in ys]
-        rows = torch.zeros(len(pilot), directions_.flat().shape[0])
-        for i, (x, y) in enumerate(pilot):
-            rows[i, 0] = x
-            if grid.ndim == 2:
-                rows[i, 1] = y
         first = next(iter(splits))
-        losses = evaluator.evaluate(rows)[f"{first}_loss"].cpu().numpy()
+        losses = np.asarray([float(pilots.exact(row)[f"{first}_loss"][0]) for row in pilots.rows])
         finite = losses[np.isfinite(losses)]
         scale = float(finite.max() - finite.min()) if finite.size > 1 else 0.0
         if not scale > 0:
