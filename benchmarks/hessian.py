@@ -11,6 +11,17 @@ PyHessian has no λmin; the usual completion, implemented here, is the same iter
 ``H − λmax I`` (its dominant eigenvalue is λmin − λmax). Both are checked against a tight
 Lanczos run (tol 1e-6), and PyHessian's trace rule (stop when the running Hutchinson mean changes
 by less than 1e-3 relative) is compared with llv's fixed-probe estimate and its standard error.
+
+Issue 20's Hessian targets, on the same trained ResNet-8:
+
+- both ends to tol 1e-3 in at most 50 products at a point (``llv.curvature.spectrum_ends``, what
+  ``llv hessian`` runs), with the relative error of each end against the tight run;
+- an 11×11 ``llv.hessian_map`` averaging at most 40 products per point with warm starts, beside
+  the same map computed cold (on fewer images, so that one product is cheap: both maps are
+  about 30,000 products);
+- ``Hessian.analyse(compute=["extremes"])`` (``llv hessian hessian.compute=[extremes]``) costs
+  only its Lanczos run: its products, counted at the operator (every call of ``matvec``, also
+  those the library does not add to ``num_hvp``), ÷ those of ``spectrum_ends`` alone.
 """
 
 from __future__ import annotations
@@ -32,9 +43,13 @@ from benchmarks.common import (
 )
 
 #: ``max_iter``: PyHessian's default cap per eigenvalue; ``oracle_cap``: the cap of the oracle run
-FULL = {"images": 256, "epochs": 8, "repeats": 1, "probes": 50, "max_iter": 100, "oracle_cap": 250}
-QUICK = {"images": 32, "epochs": 1, "repeats": 1, "probes": 6, "max_iter": 15, "oracle_cap": 15}
+#: ``map_images``/``map_side``: the Hessian map's data and grid
+FULL = {"images": 256, "epochs": 8, "repeats": 1, "probes": 50, "max_iter": 100, "oracle_cap": 250,
+        "map_images": 32, "map_side": 11}
+QUICK = {"images": 32, "epochs": 1, "repeats": 1, "probes": 6, "max_iter": 15, "oracle_cap": 15,
+         "map_images": 8, "map_side": 3}
 TOL = 1e-3
+ENDS_TARGET, MAP_TARGET = 50, 40  # products: both ends at a point; mean per point of a warm map
 
 
 def power_iteration(
@@ -119,9 +134,30 @@ def pyhessian_trace(op, max_iter: int = 100, tol: float = TOL, seed: int = 0) ->
 
 def trained_operator(images: int, epochs: int):
     """ResNet-8 trained for a few epochs on the digits; its Hessian on ``images`` of them."""
+    from llv.curvature import HessianOperator
+
+    cfg, model = trained_resnet8(epochs)
+    subset = digits_subset(cfg, images)
+    return HessianOperator(
+        model,
+        subset.inputs,
+        subset.targets,
+        loss="ce",
+        batch_size=resolve_batch_size(cfg.hessian.batch_size),
+    )
+
+
+def digits_subset(cfg, images: int):
+    """``images`` seeded training digits (inputs and targets)."""
+    from llv.data import load_eval_data
+
+    return load_eval_data(cfg.dataset, "train", max_samples=images, seed=0, device="cpu")
+
+
+def trained_resnet8(epochs: int):
+    """``(cfg, ResNet-8 in eval mode)`` after ``epochs`` seeded SGD epochs on the digits."""
     import torch.nn.functional as F
 
-    from llv.curvature import HessianOperator
     from llv.data import load_eval_data
 
     cfg, model = build(["model=resnet8", "dataset=digits", "device=cpu", "dist=none"])
@@ -138,22 +174,33 @@ def trained_operator(images: int, epochs: int):
             loss.backward()
             optimizer.step()
     model.eval()
-    subset = load_eval_data(cfg.dataset, "train", max_samples=images, seed=0, device="cpu")
-    return HessianOperator(
-        model,
-        subset.inputs,
-        subset.targets,
-        loss="ce",
-        batch_size=resolve_batch_size(cfg.hessian.batch_size),
-    )
+    return cfg, model
+
+
+class CountedProducts:
+    """Counts every ``matvec`` of an operator (also the products a caller leaves out of
+    ``num_hvp``, e.g. residual checks): the instance attribute shadows the method."""
+
+    def __init__(self, op):
+        self.op, self.calls, self._matvec = op, 0, op.matvec
+        op.matvec = self
+
+    def __call__(self, v):
+        self.calls += 1
+        return self._matvec(v)
 
 
 def run(quick: bool = False) -> Section:
     from llv.curvature import extreme_eigenvalues, hutchinson_trace
+    from llv.spectrum import Hessian
 
     settings = QUICK if quick else FULL
     section = Section("Hessian: λmax and λmin to 1e-3 relative, Lanczos vs power iteration (CPU)")
-    op = trained_operator(settings["images"], settings["epochs"])
+    cfg, model = trained_resnet8(settings["epochs"])
+    subset = digits_subset(cfg, settings["images"])
+    hessian = Hessian(model, (subset.inputs, subset.targets), loss="ce",
+                      batch_size=resolve_batch_size(cfg.hessian.batch_size))
+    op = hessian.operator
     op.matvec(torch.ones(op.n))  # one-off kernel set-up stays out of every timing
     tight_time, tight = timed(lambda: extreme_eigenvalues(op, tol=1e-6))
     exact = {k: tight[k] for k in ("lambda_max", "lambda_min")}
@@ -263,6 +310,9 @@ def run(quick: bool = False) -> Section:
         )
     )
     hvp_seconds = hutch_time.cpu / hutch["num_hvp"]
+    ends_targets, ends_lines = ends_and_compute(hessian, exact, settings["repeats"])
+    map_targets, map_lines = hessian_maps(model, cfg, settings)
+    section.targets += ends_targets + map_targets
     section.body += [
         f"ResNet-8 ({op.n:,} parameters) trained {settings['epochs']} epoch(s) on the digits; the "
         f"Hessian of the mean cross-entropy over {op.num_examples} training images, float32; one "
@@ -294,5 +344,150 @@ def run(quick: bool = False) -> Section:
         ),
         "",
         f"(the tight reference took {tight_time.cpu:.0f} s CPU)",
+        "",
+        *ends_lines,
+        "",
+        *map_lines,
     ]
     return section
+
+
+def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], list[str]]:
+    """Both ends to 1e-3 at the point (``spectrum_ends``), and ``analyse(compute=["extremes"])``
+    against that Lanczos run alone, side by side; the default compute list for contrast."""
+    from llv.curvature import spectrum_ends
+
+    op = hessian.operator
+    counted = CountedProducts(op)
+    runs = {"ends": [], "analyse": []}
+
+    def ends():
+        before = counted.calls
+        result = spectrum_ends(op, 1, 1, tol=TOL, seed=0)
+        runs["ends"].append((counted.calls - before, result))
+
+    def analyse():
+        before = counted.calls
+        result = hessian.analyse(tol=TOL, seed=0, compute=["extremes"])
+        runs["analyse"].append((counted.calls - before, result))
+
+    try:
+        ratios = side_by_side(Side("ends", ends), [Side("analyse", analyse)], repeats,
+                              warmup=False)
+        before = counted.calls
+        default_time, default = timed(lambda: hessian.analyse(tol=TOL, seed=0))
+        default_calls = counted.calls - before
+    finally:
+        del op.matvec  # the operator's own method again
+    calls, result = runs["ends"][0]
+    errors = {end: abs(float(result[key][0]) - exact[f"lambda_{end}"]) / abs(exact[f"lambda_{end}"])
+              for end, key in (("max", "top"), ("min", "bottom"))}
+    ends_seconds = float(np.median(ratios["ends"]["seconds"]))
+    analyse_calls, analysed = runs["analyse"][0]
+    product_ratio = analyse_calls / calls
+    time_ratio = float(np.median(ratios["analyse"]["cpu"]))
+    counted_by_library = analysed["num_hvp_extremes"]
+    ends_note = (f"λmax {float(result['top'][0]):.6g} (rel. error {errors['max']:.1e}), λmin "
+                 f"{float(result['bottom'][0]):.6g} (rel. error {errors['min']:.1e}) against the "
+                 f"tight run (tol 1e-6); converged: {result['converged']}")
+    if calls > ENDS_TARGET:
+        ends_note = ("missed: the run stops when both Ritz residuals are within tol; the slower "
+                     "end decides; " + ends_note)
+    compute_note = (f"{analyse_calls} products (the library's count: {counted_by_library}) vs "
+                    f"{calls} for `spectrum_ends` alone; CPU time {time_ratio:.2f}× "
+                    f"({ends_seconds:.1f} s alone)")
+    if product_ratio > 1.0:
+        compute_note = (f"missed: `analyse` does {analyse_calls - calls} product(s) more than its "
+                        "Lanczos run (`Hessian.eigenvalues` checks each Ritz pair's residual with "
+                        "one product per pair, and leaves them out of `num_hvp`), and it "
+                        "evaluates the loss once; " + compute_note)
+    default_parts = ", ".join(
+        f"{name} {default[f'num_hvp_{name}']}"
+        for name in ("extremes", "top_k", "trace", "density") if f"num_hvp_{name}" in default)
+    targets = [
+        Target("Hessian: products for λmax and λmin to tol 1e-3 at a point (`spectrum_ends`, "
+               "what `llv hessian` runs)", calls, "max", ENDS_TARGET, unit="", note=ends_note),
+        Target("Hessian: relative error of λmax and λmin (the worse) at those products, vs tight "
+               "Lanczos", max(errors.values()), "max", TOL, unit=""),
+        Target("`llv hessian hessian.compute=[extremes]` (`Hessian.analyse`) ÷ its Lanczos run "
+               "alone, products", product_ratio, "max", 1.0, unit="×", note=compute_note),
+        Target("`Hessian.analyse` with the default compute list ÷ the Lanczos run alone, "
+               "products (for contrast)", default_calls / calls, "info",
+               note=f"{default_calls} products ({default_parts}: extremes and top_k share one "
+                    f"Krylov run and both report it) in {default_time.cpu:.0f} s CPU"),
+    ]
+    lines = [
+        "Issue 20: what a point costs. `spectrum_ends(op, 1, 1, tol=1e-3)` is the Lanczos run of "
+        "`llv hessian` for λmax and λmin; `Hessian.analyse(compute=[\"extremes\"])` is what "
+        "`llv hessian hessian.compute=[extremes]` calls at the point. Products are counted at the "
+        "operator (every `matvec` call); CPU time side by side "
+        f"({repeats} repetition(s), median).",
+        "",
+        *table(
+            ["run", "products (every matvec)", "library's num_hvp", "CPU s", "λmax", "λmin"],
+            [
+                ["`spectrum_ends`, tol 1e-3", calls, result["num_hvp"], f"{ends_seconds:.1f}",
+                 f"{float(result['top'][0]):.6g}", f"{float(result['bottom'][0]):.6g}"],
+                ["`analyse(compute=[\"extremes\"])`", analyse_calls, counted_by_library,
+                 f"{float(np.median(ratios['analyse']['seconds'])):.1f}",
+                 f"{analysed['lambda_max']:.6g}", f"{analysed['lambda_min']:.6g}"],
+                ["`analyse()` (default: extremes, top_k, trace, density)", default_calls,
+                 default_parts, f"{default_time.cpu:.1f}", f"{default['lambda_max']:.6g}",
+                 f"{default['lambda_min']:.6g}"],
+            ],
+        ),
+    ]
+    return targets, lines
+
+
+def hessian_maps(model, cfg, settings: dict) -> tuple[list[Target], list[str]]:
+    """The same ``llv.hessian_map`` with warm starts and cold: products per point, time, and
+    whether both give the same eigenvalues."""
+    import llv
+
+    side, images = settings["map_side"], settings["map_images"]
+    subset = digits_subset(cfg, images)
+    maps, clocks = {}, {}
+    for name, warm in (("warm", True), ("cold", False)):
+        clocks[name], maps[name] = timed(lambda w=warm: llv.hessian_map(
+            model, (subset.inputs, subset.targets), x=(-1, 1, side), y=(-1, 1, side), tol=TOL,
+            warm_start=w, progress=False))
+    products = {name: np.asarray(m["num_hvp"], float) for name, m in maps.items()}
+    mean = {name: float(p.mean()) for name, p in products.items()}
+    gaps = []
+    for key in ("max_eig", "min_eig"):
+        w, c = (np.asarray(maps[name][key], float) for name in ("warm", "cold"))
+        scale = np.maximum(np.abs(c), 1e-3 * np.nanmax(np.abs(c)))
+        gaps.append(float(np.nanmax(np.abs(w - c) / scale)))
+    missing = {name: int(np.isnan(np.asarray(m["max_eig"], float)).sum()) for name, m in maps.items()}
+    hvp_ms = 1e3 * clocks["cold"].cpu / max(products["cold"].sum(), 1)
+    where = f"{side}×{side}, trained ResNet-8 on {images} digits"
+    note = (f"cold {mean['cold']:.1f} per point (warm ÷ cold {mean['warm'] / mean['cold']:.2f}); "
+            f"{clocks['warm'].cpu:.0f} s vs {clocks['cold'].cpu:.0f} s CPU; warm and cold "
+            f"eigenvalues agree to {max(gaps):.1e} relative; unconverged points: "
+            f"{missing['warm']} warm, {missing['cold']} cold")
+    if mean["warm"] > MAP_TARGET:
+        note = ("missed: a warm start (the sum of the previous point's two Ritz vectors) saves "
+                f"{mean['cold'] - mean['warm']:.1f} products per point; " + note)
+    targets = [
+        Target(f"Hessian map {where}: mean products per point, warm starts", mean["warm"], "max",
+               MAP_TARGET, unit="", note=note),
+        Target(f"Hessian map {where}: mean products per point, cold (beside the warm row)",
+               mean["cold"], "info", unit=""),
+    ]
+    rows = [[name, f"{mean[name]:.1f}", f"{products[name].min():.0f}",
+             f"{products[name].max():.0f}", f"{clocks[name].cpu:.0f}", missing[name]]
+            for name in ("warm", "cold")]
+    lines = [
+        f"Issue 20: a Hessian map, `llv.hessian_map` on {side}×{side} points (λmax and λmin to tol 1e-3 at every point; "
+        "x, y ∈ [−1, 1] along random filter-normalized directions, seed 0) of the same trained "
+        f"ResNet-8 on {images} training digits (one product ≈ {hvp_ms:.0f} ms CPU here), once with "
+        "`warm_start=True` (each point's Lanczos starts from the previous point's Ritz vectors; "
+        "the default `chunk_points=64`, and each chunk starts cold) and once with "
+        "`warm_start=False`. CPU time of each whole call (its one cold run at the centre for the "
+        "time estimate included).",
+        "",
+        *table(["starts", "mean products per point", "min", "max", "CPU s", "unconverged points"],
+               rows),
+    ]
+    return targets, lines
