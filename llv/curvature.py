@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -243,6 +244,38 @@ class HessianOperator:
             gradient = torch.func.grad(lambda p: self._chunk_loss(p, batch))
             _, hv = torch.func.jvp(gradient, (self._primals,), (tangents,))
         return [hv[name] for name in self.wrt]
+
+    def curvature_along(self, v: Tensor) -> float:
+        """vᵀHv, the second derivative of the mean loss along ``v``, forward over forward.
+
+        Two nested forward-mode passes (``torch.func.jvp`` of a ``jvp``) carry the first and
+        second directional derivatives through one forward pass per batch: no graph is kept
+        for a backward pass, so the memory is that of a forward pass with two tangents, not
+        the double-backward graph a Hessian-vector product holds. Not counted in ``num_hvp``.
+
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> op = HessianOperator(model, x, torch.zeros(2, dtype=torch.long), loss="mse")
+        >>> round(op.curvature_along(torch.tensor([0.0, 1.0])), 6)  # H = diag(1, 4)
+        4.0
+        """
+        v = v.to(device=self.device, dtype=self.dtype).reshape(-1)
+        tangents = self.unflatten(v)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+
+        def along(t: Tensor, batch) -> Tensor:
+            return self._chunk_loss({n: self._primals[n] + t * tangents[n] for n in self.wrt}, batch)
+
+        zero, one = (torch.tensor(x, dtype=self.dtype, device=self.device) for x in (0.0, 1.0))
+        with torch.no_grad(), eval_mode(self.model), warnings.catch_warnings():
+            # forward-mode rules of some ops are scripted inside torch, which warns about it
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            for batch in self.data:
+                def slope(t, batch=batch):
+                    return torch.func.jvp(lambda s: along(s, batch), (t,), (one,))[1]
+
+                total += torch.func.jvp(slope, (zero,), (one,))[1].double()
+        return float(total) / self.num_examples
 
     def matvec(self, v: Tensor) -> Tensor:
         """H v for a flat vector ``v`` of length ``n``; the result is flat, on ``device``."""

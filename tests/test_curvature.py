@@ -508,3 +508,16 @@ def test_eigenvalue_error_rule_stops_earlier_and_stays_within_tol():
         _lanczos_ends(op, 1, 1, 1e-3, None, seed, 50, False)  # the residual rule
         saved.append(op.num_hvp - before - ends["num_hvp"])
     assert min(saved) >= 0 and sum(saved) > 0
+
+
+def test_curvature_along_is_d_h_d_forward_over_forward(dense_case):
+    """vᵀHv from two nested forward-mode passes equals vᵀ(Hv) and the dense Hessian's form."""
+    op, hessian = dense_case
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(op.n, generator=generator, dtype=torch.float64).to(op.dtype)
+        dense = float(v.double() @ hessian.double() @ v.double())
+        assert op.curvature_along(v) == pytest.approx(dense, rel=1e-9, abs=1e-12)
+    before = op.num_hvp
+    op.curvature_along(v)
+    assert op.num_hvp == before  # not a Hessian-vector product
