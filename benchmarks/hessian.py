@@ -391,8 +391,8 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
                  f"{float(result['bottom'][0]):.6g} (rel. error {errors['min']:.1e}) against the "
                  f"tight run (tol 1e-6); converged: {result['converged']}")
     if calls > ENDS_TARGET:
-        ends_note = ("missed: the run stops when both Ritz residuals are within tol; the slower "
-                     "end decides; " + ends_note)
+        ends_note = ("missed: the run stops when the error bound of both values, min(r, r²/gap) "
+                     "relative to each, is within tol; the slower end decides; " + ends_note)
     compute_note = (f"{analyse_calls} products (the library's count: {counted_by_library}) vs "
                     f"{calls} for `spectrum_ends` alone; CPU time {time_ratio:.2f}× "
                     f"({ends_seconds:.1f} s alone)")
