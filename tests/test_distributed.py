@@ -287,6 +287,23 @@ def test_auto_extent_is_found_once_and_shared_by_every_rank(reference, tmp_path)
     np.testing.assert_allclose(values["train_loss"], expected["train_loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_fast_mode_gives_the_same_numbers_on_three_ranks(reference, tmp_path):
+    """``eval.approx=true``: every point's subset is seeded by its coordinates, the range by the
+    exact pilots: three ranks give one process's numbers to the bit."""
+    fast = [*grid_2d(reference), "eval.approx=true", "eval.target_se=0.05", "eval.approx_start=8"]
+    single = surface_task.run(compose("surface", [*overrides(reference, tmp_path / "one", extra=["dist=none"]),
+                                                  *fast]))
+    out = tmp_path / "mpi3"
+    launch("mpi", 3, [*overrides(reference, out, extra=["dist=mpi"]), *fast])
+    values, attrs = read(out / "surface.h5")
+    expected, expected_attrs = read(single)
+    assert attrs["approx_scale"] == expected_attrs["approx_scale"] and attrs["world_size"] == 3
+    assert expected["train_n"].min() < 40  # subsets were used somewhere (the split has 40)
+    for name in ("train_loss", "train_loss_se", "train_n", "train_acc"):
+        np.testing.assert_array_equal(values[name], expected[name])
+
+
 # ------------------------------------------------------------------------------ kill and resume
 
 
