@@ -531,7 +531,8 @@ def time_case(case: Case, repeats: int, order: np.ndarray) -> dict:
 
 
 def run(quick: bool = False) -> Section:
-    section = Section("llv per point ÷ the reference implementation's per-point algorithm (CPU)")
+    section = Section("llv per point ÷ the reference implementation's per-point algorithm "
+                      "(CPU; issue 20's comparison: wall time)")
     rows = []
     order = np.random.default_rng(0).permutation(GRID * GRID)
     for model_name, channels, size, num_images, repeats in QUICK if quick else FULL:
