@@ -50,7 +50,8 @@ def _groups_help(command: str) -> str:
     return (
         f"{_SUMMARIES[command]}\n\n"
         "\b\nOverrides are key=value or group=option. Config groups:\n" + groups + "\n\n"
-        "\b\nGrid specs: grid.x=min:max:num grid.y=min:max:num (grid.y=null for 1D).\n"
+        "\b\nGrid specs: grid.x=min:max:num grid.y=min:max:num (grid.y=null for 1D);\n"
+        "grid.x=auto or auto:num: the range where the loss first doubles (grid.auto_*; surface, hessian).\n"
         f"Sweeps: llv {command} -m key=a,b,c (docs/sweeps.md). Every config key is listed below."
     )
 
