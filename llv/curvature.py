@@ -386,7 +386,7 @@ def _lanczos_ends(
 
     Returns:
         (values ascending, (top + bottom) numpy; vectors as rows on op.device or None;
-        converged: bool).
+        converged: bool; the Ritz residuals ‖Hy − θy‖ of those values, from the run itself).
     """
     n, wanted = op.n, top + bottom
     size = min(n, max(max_basis, wanted + 3))
@@ -434,7 +434,7 @@ def _lanczos_ends(
         coefficients = np.ascontiguousarray(ritz[:, pick].T)
         rows = torch.from_numpy(coefficients).to(op.device, op.dtype) @ basis[: j + 1]
         rows = rows / rows.norm(dim=1, keepdim=True)
-    return values, rows, converged or j + 1 == n
+    return values, rows, converged or j + 1 == n, residuals
 
 
 def _value_errors(theta: np.ndarray, pick: np.ndarray, residuals: np.ndarray) -> np.ndarray:
@@ -477,7 +477,7 @@ def _eigenpairs(op: HessianOperator, top: int, bottom: int, tol: float, seed: in
         raise ValueError(f"k must be between 1 and n={op.n}, got {k}")
     if _dense_is_cheaper(op.n, k):
         return _dense_ends(op, top, bottom)
-    values, rows, converged = _lanczos_ends(op, top, bottom, tol, None, seed, max_basis, True)
+    values, rows, converged, _ = _lanczos_ends(op, top, bottom, tol, None, seed, max_basis, True)
     if not converged:
         raise RuntimeError(f"Lanczos did not converge to tol={tol} for {k} eigenpairs")
     return values, rows
@@ -495,23 +495,27 @@ def spectrum_ends(op: HessianOperator, top: int = 1, bottom: int = 1, tol: float
 
     Returns:
         ``{"top": values descending, "bottom": values ascending, "vectors": rows (top first,
-        then bottom) on op.device, "num_hvp": int, "converged": bool}``.
+        then bottom) on op.device, "residuals": ‖Hy − θy‖ / |θ| of each (top first, then
+        bottom; from the run's own recurrence, no extra product), "num_hvp": int,
+        "converged": bool}``.
     """
     if not 1 <= top + bottom <= op.n:
         raise ValueError(f"top + bottom must be between 1 and n={op.n}, got {top + bottom}")
     before = op.num_hvp
     if _dense_is_cheaper(op.n, top + bottom):
         values, rows = _dense_ends(op, top, bottom)
-        converged = True
+        converged, residuals = True, np.zeros(top + bottom)  # exact eigenpairs of the dense matrix
     else:
-        values, rows, converged = _lanczos_ends(op, top, bottom, tol, maxiter, seed, max_basis, True,
-                                                start, values_only=True)
+        values, rows, converged, residuals = _lanczos_ends(op, top, bottom, tol, maxiter, seed, max_basis,
+                                                           True, start, values_only=True)
         if not converged:
             log.warning("Lanczos did not converge to tol=%g in %d products", tol, op.num_hvp - before)
     values = np.asarray(values)
+    relative = np.asarray(residuals, dtype=float) / np.maximum(np.abs(values), 1e-30)
     order = np.r_[bottom:bottom + top][::-1], np.arange(bottom)
     return {"top": values[order[0]].copy(), "bottom": values[order[1]].copy(),
             "vectors": torch.cat([rows[order[0].copy()], rows[order[1]]]) if rows is not None else None,
+            "residuals": np.concatenate([relative[order[0]], relative[order[1]]]),
             "num_hvp": op.num_hvp - before, "converged": bool(converged)}
 
 
@@ -551,7 +555,7 @@ def extreme_eigenvalues(
     if _dense_is_cheaper(op.n, 2):
         values, _ = _dense_ends(op, 1, 1)
     else:
-        values, _, converged = _lanczos_ends(op, 1, 1, tol, maxiter, seed, max_basis, False,
+        values, _, converged, _ = _lanczos_ends(op, 1, 1, tol, maxiter, seed, max_basis, False,
                                              values_only=True)
         if not converged:
             log.warning(

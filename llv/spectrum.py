@@ -96,7 +96,7 @@ class Hessian:
             values = np.array([ends["top"][0], ends["bottom"][0]])
             if not ends["converged"]:
                 values[:] = np.nan
-            residuals = self._residuals(values, ends["vectors"]) if ends["converged"] else None
+            residuals = ends["residuals"] if ends["converged"] else None  # the run's own: no product
             return Eigenvalues(values, ends["num_hvp"], residuals,
                                ends["vectors"] if vectors else None)
         k = min(int(k), op.n)

@@ -120,3 +120,28 @@ def test_hessian_directions_are_the_extreme_eigenvectors(tiny64):
     exact = torch.linalg.eigvalsh(h)
     for vector, value in ((d[0], exact[-1]), (d[1], exact[0])):
         assert torch.linalg.vector_norm(h @ vector - value * vector) < 1e-3 * abs(float(value))
+
+
+def test_compute_extremes_costs_only_its_lanczos_run(tiny64, monkeypatch):
+    """``hessian.compute=[extremes]``: every Hessian-vector product of the run is its one
+    Lanczos run (the reported residuals come from the run itself), nothing else is computed."""
+    from llv.curvature import HessianOperator
+
+    overrides, checkpoint = tiny64
+    calls = []
+    original = HessianOperator.matvec
+    monkeypatch.setattr(HessianOperator, "matvec", lambda self, v: calls.append(1) or original(self, v))
+    values, attrs, cfg = run_hessian([*overrides, "hessian.compute=[extremes]", "name=extremes"])
+    assert len(calls) == attrs["num_hvp_extremes"] > 0
+    for absent in ("trace", "num_hvp_trace", "num_hvp_density", "num_hvp_top_k"):
+        assert absent not in attrs
+    assert "eigenvalues" not in values and "density" not in values
+    exact = torch.linalg.eigvalsh(dense_hessian(cfg, checkpoint)).numpy()
+    assert attrs["lambda_max"] == pytest.approx(exact[-1], rel=1e-6)
+    assert attrs["lambda_min"] == pytest.approx(exact[0], rel=1e-6)
+
+
+def test_extremes_and_top_k_share_one_krylov_run(tiny64):
+    overrides, _ = tiny64
+    _, attrs, _ = run_hessian([*overrides, "hessian.compute=[extremes,top_k]", "name=shared"])
+    assert attrs["num_hvp_extremes"] == attrs["num_hvp_top_k"] > 0
