@@ -33,4 +33,26 @@ def test_gallery_draws_existing_twins_and_lists_the_missing(tmp_path, monkeypatc
                       "figures/gallery/fig1_resnet56_noshort_3d_cpu.png"]
     for image in images:
         with Image.open(docs / image) as png:
-            assert png.mode == "P" and png.size == (960, 780)  # a palette PNG of the 3-D figure
+            assert png.mode == "P" and png.size == (768, 624)  # a palette PNG of the 3-D figure, 120 dpi
+
+
+def test_smooth_compare_draws_each_panel_from_its_resampling_and_says_so(tmp_path):
+    """The gallery's Figs. 3, 5 and 6 are ``compare`` figures of coarse grids: ``smooth`` must
+    reach them, each panel drawn from the finer grid and saying so."""
+    from llv.plot import load_surface
+    from llv.plot._figure import PlotOptions
+    from llv.plot.surface import figure_compare
+
+    grid = np.linspace(-1, 1, 9)
+    paths = [write_llv_surface(tmp_path / f"s{k}.h5", x=grid, y=grid,
+                               fn=lambda x, y, k=k: 0.1 + (k + 1) * (x**2 + 0.5 * y**2)) for k in range(2)]
+    surfaces = [load_surface(p) for p in paths]
+    vertices = {}
+    for smooth in (False, True):
+        figure = figure_compare(surfaces, PlotOptions(smooth=smooth))
+        panels = figure.axes[:2]
+        titles = [ax.get_title() for ax in panels]
+        assert all(("interpolated (bicubic, 9×9 → 121×121)" in t) == smooth for t in titles), titles
+        filled = panels[0].collections[0]  # the first panel's filled contours
+        vertices[smooth] = sum(len(path.vertices) for path in filled.get_paths())
+    assert vertices[True] > 4 * vertices[False]  # the level curves follow the 121×121 grid

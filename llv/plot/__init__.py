@@ -119,8 +119,8 @@ def make_plot(
         log: logarithmic loss scale; None (the default) decides by :func:`auto_log`.
         out: output file (default: next to the first input).
         fmt: png, pdf, svg, or html (2-D surface kinds only).
-        smooth: ``surface3d``, ``contour``, ``contourf``, ``hessian``: draw the grid upsampled
-            by bicubic interpolation (the title says so).
+        smooth: ``surface3d``, ``contour``, ``contourf``, ``hessian``, 2-D ``compare``,
+            ``trajectory``: draw the grid upsampled by bicubic interpolation (the title says so).
         metric: the stored quantity drawn (e.g. ``test_loss``); default the training loss.
         plotly: html only: ``cdn`` (small page, needs the internet) or ``inline`` (offline).
 

@@ -337,7 +337,7 @@ def title_parts(surface) -> dict[str, str]:
     if surface.is_interpolation:
         parts["norm"] = "interpolation"
     elif attrs.get("norm"):
-        parts["norm"] = f"{attrs['norm']} norm"
+        parts["norm"] = "no normalization" if attrs["norm"] == "none" else f"{attrs['norm']} norm"
     shape = surface.grid_shape
     parts["grid"] = f"{shape[1]}×{shape[0]} grid" if len(shape) == 2 else f"{shape[0]} points"
     return parts

@@ -23,6 +23,7 @@ from llv.plot import html
 from llv.plot._figure import (
     PlotOptions,
     add_colorbar,
+    auto_log,
     cell_edges,
     color_norm,
     computed_mask,
@@ -145,6 +146,11 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
     """A (ny, nx) grid resampled to about ``points`` per axis by bicubic spline interpolation
     through every grid value; points nearest a missing value stay missing.
 
+    Values spanning decades (positive, a log scale by :func:`~llv.plot._figure.auto_log`) are
+    interpolated as their logarithm, and each new point is kept between the values at the
+    corners of its grid cell: a spline through a wall 10⁵ times the basin's loss would ring
+    into bands and checkerboards that are not in the data.
+
     Returns ``(x, y, values)`` of the finer grid.
     """
     from scipy.interpolate import RectBivariateSpline
@@ -158,10 +164,17 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
         raise LlvError("no finite values to smooth")
     nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
     filled = values[tuple(nearest)]
+    steep = bool(auto_log(filled))
+    work = np.log(filled) if steep else filled
     fine_x = np.linspace(x[0], x[-1], max(len(x), points))
     fine_y = np.linspace(y[0], y[-1], max(len(y), points))
-    spline = RectBivariateSpline(y, x, filled, kx=3, ky=3, s=0)
+    spline = RectBivariateSpline(y, x, work, kx=3, ky=3, s=0)
     fine = spline(fine_y, fine_x)
+    if steep:
+        cell_x = np.clip(np.searchsorted(x, fine_x, side="right") - 1, 0, len(x) - 2)
+        cell_y = np.clip(np.searchsorted(y, fine_y, side="right") - 1, 0, len(y) - 2)
+        corners = [work[np.ix_(cell_y + i, cell_x + j)] for i in (0, 1) for j in (0, 1)]
+        fine = np.exp(np.clip(fine, np.minimum.reduce(corners), np.maximum.reduce(corners)))
     near_x = np.abs(fine_x[:, None] - x[None, :]).argmin(axis=1)
     near_y = np.abs(fine_y[:, None] - y[None, :]).argmin(axis=1)
     fine[missing[np.ix_(near_y, near_x)]] = np.nan
@@ -538,7 +551,7 @@ def draw_compare(axes, surfaces: list[Surface], options: PlotOptions, share: boo
     The levels and colour limits come from ``--vmin/--vmax/--vlevel`` or from all panels
     together, and the log scale from all panels' values, so equal colours mean equal loss in
     every panel (the paper's way to compare minimizers). ``share=False`` scales each panel on
-    its own.
+    its own. With ``smooth`` each panel is drawn from its bicubic resampling, and says so.
     """
     if not surfaces:
         raise LlvError("'compare' needs at least one surface file")
@@ -565,16 +578,15 @@ def draw_compare(axes, surfaces: list[Surface], options: PlotOptions, share: boo
     mappable = None
     for ax, surface, values, metric, title in zip(axes, surfaces, grids, metrics, panel_titles,
                                                   strict=True):
-        data = masked_for(values, options)
-        mappable = ax.contourf(
-            surface.x, surface.y, data, levels=levels, cmap=CMAP, norm=norm, extend=extend
-        )
-        ax.contour(surface.x, surface.y, data, levels=levels, colors="k", linewidths=0.4, alpha=0.6)
+        grid, drawn, note = smoothed(surface, values, options)
+        data = masked_for(drawn, options)
+        mappable = ax.contourf(grid.x, grid.y, data, levels=levels, cmap=CMAP, norm=norm, extend=extend)
+        ax.contour(grid.x, grid.y, data, levels=levels, colors="k", linewidths=0.4, alpha=0.6)
         mark_gaps(ax, surface, values)
         mark_minimum(ax, surface.x, surface.y, values)
         ax.set_xlabel("α")
         ax.set_ylabel("β")
-        notes = result_notes(surface, metric)
+        notes = result_notes(surface, metric) + ([note] if note else [])
         ax.set_title("\n".join([title, *([" · ".join(notes)] if notes else [])]),
                      fontsize="medium")
     add_colorbar(figure, mappable, ax=axes, label=colour_label(metrics[0], options), levels=levels)

@@ -19,7 +19,7 @@ from llv.plot._figure import (
     surface_title,
 )
 from llv.plot.io import Projection, Surface, load_projection, load_surface
-from llv.plot.surface import colour_label, draw_map, mark_gaps, require_2d
+from llv.plot.surface import colour_label, draw_map, mark_gaps, require_2d, smoothed, with_note
 
 
 def axis_label(ordinal: str, ratio: float | None) -> str:
@@ -37,14 +37,15 @@ def figure_trajectory(
     """The path (line and dots) over the contours of ``surface``; red dots at lr drops."""
     figure = new_figure(6.0, 4.8)
     ax = figure.add_subplot()
-    mappable = None
+    mappable, note = None, None
     if surface is not None:
         require_2d(surface, "trajectory")
         metric = options.metric or surface.default_metric()
         values = surface.grid(metric)
         options = resolve_log(options, values)
         levels = contour_levels(values, options)
-        mappable = draw_map(ax, surface, values, "contour", levels, options)
+        grid, drawn, note = smoothed(surface, values, options)  # with ``smooth``: bicubic, noted
+        mappable = draw_map(ax, grid, drawn, "contour", levels, options)
         mark_gaps(ax, surface, values)
         add_colorbar(figure, mappable, ax=ax, label=colour_label(metric, options), levels=levels)
     ax.plot(
@@ -81,7 +82,7 @@ def figure_trajectory(
     else:
         title = " · ".join(str(projection.attrs[k]) for k in ("model", "dataset")
                            if projection.attrs.get(k)) or projection.path.parent.name
-    ax.set_title(f"optimization path · {title}", fontsize="medium")
+    ax.set_title(with_note(f"optimization path · {title}", note), fontsize="medium")
     if mappable is not None:
         label_contours(ax, mappable, avoid=[_densified(projection.x, projection.y), legend])
     return figure
