@@ -63,9 +63,9 @@ def draw_hessian(ax, surface: Surface, options: PlotOptions):
         ax.set_title(f"{RATIO_LABEL} · {title}", fontsize="medium")
         return ax
     low, high = value_range(ratio, options)
-    heat = draw_map(ax, surface, ratio, "heatmap", np.array([low, high]), options)
+    grid, drawn, note = smoothed(surface, ratio, options)  # with ``smooth``: map and lines alike
+    heat = draw_map(ax, grid, drawn, "heatmap", np.array([low, high]), options)
     levels = contour_levels(ratio, options, nbins=6)
-    grid, drawn, note = smoothed(surface, ratio, options)
     lines = ax.contour(
         grid.x,
         grid.y,

@@ -21,9 +21,9 @@ from matplotlib.ticker import MaxNLocator
 from llv.console import LlvError
 from llv.plot import html
 from llv.plot._figure import (
+    LOG_SPAN,
     PlotOptions,
     add_colorbar,
-    auto_log,
     cell_edges,
     color_norm,
     computed_mask,
@@ -146,10 +146,10 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
     """A (ny, nx) grid resampled to about ``points`` per axis by bicubic spline interpolation
     through every grid value; points nearest a missing value stay missing.
 
-    Values spanning decades (positive, a log scale by :func:`~llv.plot._figure.auto_log`) are
-    interpolated as their logarithm, and each new point is kept between the values at the
-    corners of its grid cell: a spline through a wall 10⁵ times the basin's loss would ring
-    into bands and checkerboards that are not in the data.
+    A surface with walls (positive values whose largest exceeds ``LOG_SPAN`` × their median,
+    as a loss surface beyond its basin) is interpolated as its logarithm, and each new point is
+    kept between the values at the corners of its grid cell: a spline through a wall 10⁵
+    times the basin's loss would ring into bands and checkerboards that are not in the data.
 
     Returns ``(x, y, values)`` of the finer grid.
     """
@@ -164,7 +164,7 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
         raise LlvError("no finite values to smooth")
     nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
     filled = values[tuple(nearest)]
-    steep = bool(auto_log(filled))
+    steep = bool((filled > 0).all() and filled.max() > LOG_SPAN * np.median(filled))
     work = np.log(filled) if steep else filled
     fine_x = np.linspace(x[0], x[-1], max(len(x), points))
     fine_y = np.linspace(y[0], y[-1], max(len(y), points))
