@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ PAPER = {
     "fig6": "Fig. 6",
     "fig7": "Fig. 7",
     "fig9": "Fig. 9",
-    "table1": "appendix Table 1, Fig. 15",
-    "flat_vs_sharp": "§5, beyond the paper: sharpness measures vs. generalization",
+    "table1": "Appendix Table 1 (Figs. 14–15)",
+    "flat_vs_sharp": "Beyond the paper (§5)",
 }
 
 #: experiment -> what its CPU twin changes against the paper
@@ -83,6 +84,30 @@ TWINS = {
 #: raster resolution of the gallery's figures (llv's default is 150 dpi): the page holds 22
 #: figures beside the report's own, and docs/figures stays small
 GALLERY_DPI = 120
+
+#: figure (file stem without ``_cpu``) -> what it stands for, where more precise than its experiment
+FIGURE_PAPER = {
+    "fig1_resnet56_3d": "Fig. 1, with skip connections",
+    "fig1_resnet56_noshort_3d": "Fig. 1, without skip connections",
+    "fig2_vgg9_wd0_interpolation": "Fig. 2, linear interpolation, weight decay 0",
+    "fig2_vgg9_wd5e-4_interpolation": "Fig. 2, linear interpolation, weight decay 5e-4",
+    "fig2_vgg9_wd0_weights": "Fig. 2, weight histograms, weight decay 0",
+    "fig2_vgg9_wd5e-4_weights": "Fig. 2, weight histograms, weight decay 5e-4",
+    "fig3_vgg9_2d": "Fig. 3, 2D contours",
+    "fig3_vgg9_1d": "Fig. 3, 1D plots",
+    "fig3_vgg9_1d_none": "appendix Fig. 11, 1D plots without filter normalization",
+    "fig6_wrn_short": "Fig. 6, with skip connections",
+    "fig6_wrn_noshort": "Fig. 6, without skip connections",
+    "fig7_resnet56_ratio": "Fig. 7, with skip connections",
+    "fig7_resnet56_noshort_ratio": "Fig. 7, without skip connections",
+    "table1_sgd_1d": "appendix Table 1 and Figs. 14–15, SGD",
+    "table1_adam_1d": "appendix Table 1 and Figs. 14–15, Adam",
+    "flat_vs_sharp_vgg9": "§5's sharp-vs-flat question for VGG-9 (here ResNet-8)",
+    "flat_vs_sharp_resnet56": "§5's sharp-vs-flat question for ResNet-56 (here an MLP)",
+    **{f"fig9_vgg9_bs{b}_wd{w}_trajectory": f"Fig. 9, batch {b} (here {32 if b == '128' else 512}), "
+                                           f"weight decay {w}"
+       for b in ("128", "8192") for w in ("0", "5e-4")},
+}
 
 SMOOTH_KINDS = ("surface3d", "contour", "contourf", "hessian", "compare", "trajectory")
 
@@ -131,12 +156,13 @@ def grid_of(path: Path) -> str | None:
 def caption(figure: Figure) -> str:
     """What a figure stands for and how it was drawn: paper figure, grids, smoothing."""
     grids = list(dict.fromkeys(g for g in map(grid_of, figure.inputs) if g is not None))
-    parts = [f"paper {PAPER.get(figure.experiment, figure.experiment)}"]
+    stem = figure.path.stem.removesuffix("_cpu")
+    parts = [f"Paper: {FIGURE_PAPER.get(stem, PAPER.get(figure.experiment, figure.experiment))}"]
     if grids:
-        parts.append(("grid " if len(grids) == 1 else "grids ") + ", ".join(grids))
+        parts.append(("computed grid " if len(grids) == 1 else "computed grids ") + ", ".join(grids))
     if figure.smoothed and any("×" in g for g in grids):
-        parts.append("drawn from a bicubic resampling of the grid (marked *interpolated*)")
-    return "*" + " · ".join(parts) + "*"
+        parts.append("drawn from its bicubic resampling (the title says so)")
+    return "*" + " · ".join(parts) + ".*"
 
 
 def draw_two_rows(inputs: list[Path], out: Path, smooth: bool, log: bool | None, numbers: dict) -> None:
@@ -198,7 +224,8 @@ def write_markdown(figures: list[Figure], out: Path) -> Path:
              "`python scripts/gallery.py --plots-only` (draws what exists and names the results "
              "that are missing).", ""]
     for name in dict.fromkeys(f.experiment for f in figures):
-        lines += [f"## {PAPER.get(name, name)}: {catalogue[name].description}", ""]
+        description = re.sub(r"\s*\((?:Fig\.|appendix)[^)]*\)$", "", catalogue[name].description)
+        lines += [f"## {PAPER.get(name, name)}: {description}", ""]
         if name in TWINS:
             lines += [f"**The twin:** {TWINS[name]}", ""]
         for figure in (f for f in figures if f.experiment == name):
