@@ -230,7 +230,7 @@ def figure_sharpness(rows: list[ModelRow], taus: dict, options: PlotOptions) -> 
     """One panel per measure: the measure (x) against the loss gap (y), τ in the title."""
     gap = GAPS[0]
     columns = 3
-    figure = new_figure(4.0 * columns, 3.4 * math.ceil(len(MEASURES) / columns))
+    figure = new_figure(4.8 * columns, 3.6 * math.ceil(len(MEASURES) / columns))
     axes = figure.subplots(math.ceil(len(MEASURES) / columns), columns, squeeze=False).ravel()
     y = np.array([r.values[gap] for r in rows])
     for ax, (measure, error) in zip(axes, MEASURES.items()):
@@ -239,14 +239,21 @@ def figure_sharpness(rows: list[ModelRow], taus: dict, options: PlotOptions) -> 
         if xerr is not None and not np.isfinite(xerr).any():
             xerr = None
         ax.errorbar(x, y, xerr=xerr, fmt="o", color="tab:blue", ecolor="0.6", capsize=2)
+        finite = x[np.isfinite(x)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for label, xi, yi in zip((r.label for r in rows), x, y):
             if np.isfinite(xi) and np.isfinite(yi):
-                ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(3, 3),
-                            fontsize="x-small")
+                right = xi > middle  # label towards the panel's middle, so it stays inside
+                text = ax.annotate(label, (xi, yi), textcoords="offset points", fontsize="x-small",
+                                   xytext=(-4 if right else 4, 3), ha="right" if right else "left")
+                text.set_in_layout(False)  # labels must not squeeze the panels
         if options.log and np.all(x[np.isfinite(x)] > 0):
             ax.set_xscale("log")
+        else:  # 0.00025-style ticks collide: small measures get a ×10⁻ⁿ offset
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
+        ax.margins(x=0.15, y=0.12)
         ax.set_title(f"{COLUMNS[measure]}: Kendall {taus[measure][gap].describe()}",
-                     fontsize="medium")
+                     fontsize="small")
         ax.set_xlabel(COLUMNS[measure])
         ax.set_ylabel(COLUMNS[gap])
     for ax in axes[len(MEASURES):]:
