@@ -28,6 +28,9 @@ def test_gallery_draws_existing_twins_and_lists_the_missing(tmp_path, monkeypatc
     text = (docs / "gallery.md").read_text()
     assert "## Fig. 1: ResNet-56 with and without skip connections" in text
     assert "## Fig. 7:" in text and text.count("not computed yet") == 2  # two ratio maps
+    assert ("*Paper: Fig. 1, without skip connections · computed grid 9×9 · drawn from its bicubic "
+            "resampling (the title says so).*") in text  # each figure says what it stands for
+    assert text.count("**The twin:**") == 2  # and each section what its twin changes
     images = [line[line.index("(") + 1:-1] for line in text.splitlines() if line.startswith("![")]
     assert images == ["figures/gallery/fig1_resnet56_3d_cpu.png",
                       "figures/gallery/fig1_resnet56_noshort_3d_cpu.png"]
