@@ -65,6 +65,8 @@ QUICK = {
     },
 }
 CHUNK_POINTS = 10  # points per evaluate call, so RSS is sampled every 10 points
+#: examples per pass of the cross-check's dᵀHd, probed apart (``curvature_along`` alone)
+PROBE_BATCHES = (16, 32, 64, 128)
 
 
 def overrides(spec: dict, out: Path, checkpoint: Path | None = None) -> list[str]:
@@ -213,6 +215,51 @@ def child(payload: str) -> None:
     )
 
 
+def probe_child(payload: str) -> None:
+    """In a fresh process: the rise of the peak RSS over one call of ``HessianOperator.
+    curvature_along`` (the cross-check's dᵀHd, forward over forward) or of one ``matvec``, on
+    one pass of ``batch`` examples (after a call on 2 examples loads the kernels)."""
+    import torch
+
+    from llv.curvature import HessianOperator
+    from llv.models import build_model
+
+    spec = json.loads(payload)
+    torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(0)
+    model = build_model({"name": spec["model"], "in_channels": spec["channels"],
+                         "num_classes": 10, "image_size": spec["size"]}).eval()
+    batch = int(spec["batch"])
+    inputs = torch.randn(batch, spec["channels"], spec["size"], spec["size"])
+    targets = torch.randint(0, 10, (batch,))
+    small = HessianOperator(model, inputs[:2], targets[:2], loss="ce", batch_size=2)
+    op = HessianOperator(model, inputs, targets, loss="ce", batch_size=batch)
+    v = torch.randn(op.n)
+    getattr(small, spec["kind"])(v)
+    reset_peak()
+    before = proc_status("VmRSS")
+    getattr(op, spec["kind"])(v)
+    print(json.dumps({"rise": proc_status("VmHWM") - before}))
+
+
+def probe(spec: dict, threads: int) -> dict:
+    """``kind:batch -> bytes``: :func:`probe_child` for each kind and batch, each in a fresh
+    process (so no measurement inherits memory another one freed)."""
+    out = {}
+    for kind in ("curvature_along", "matvec"):
+        for batch in PROBE_BATCHES:
+            payload = json.dumps({**spec, "threads": threads, "kind": kind, "batch": batch})
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.memory", "--probe", payload],
+                cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                capture_output=True, text=True, timeout=900,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"memory probe failed: {done.stderr.strip().splitlines()[-1:]}")
+            out[f"{kind}:{batch}"] = json.loads(done.stdout.strip().splitlines()[-1])["rise"]
+    return out
+
+
 def reset_peak() -> bool:
     """Reset this process's ``VmHWM`` to its current RSS (Linux ``clear_refs``); whether it took."""
     try:
@@ -233,6 +280,7 @@ def run(quick: bool = False, threads: int = 1) -> Section:
         loop = measure(loop_spec, Path(tmp) / "loop", checkpoint, threads)
         _, checkpoint, _ = estimate(growth_spec, Path(tmp) / "growth")
         growth = measure(growth_spec, Path(tmp) / "growth", checkpoint, threads)
+    probed = probe(peak_spec, threads)
     expected = sum(parts.values())
     batch = resolve_batch_size("auto")
 
@@ -254,6 +302,10 @@ def run(quick: bool = False, threads: int = 1) -> Section:
     else:
         where = "the cross-check's own peak could not be separated (no clear_refs)"
     note = f"{mib(used(peak))} against {mib(used(loop))} with summary.cross_check=false; {where}"
+    note += (f"; dᵀHd alone (`curvature_along`, forward over forward) raises the peak by "
+             f"{mib(probed[f'curvature_along:{batch}'])} on a pass of {batch} images, "
+             f"{mib(probed[f'curvature_along:{min(PROBE_BATCHES)}'])} on {min(PROBE_BATCHES)} "
+             "(next table)")
     if ratio > 1.0:
         if split and in_check > before_check:
             note = ("missed: the curvature cross-check (dᵀHd along each direction at the centre) "
@@ -320,6 +372,8 @@ def run(quick: bool = False, threads: int = 1) -> Section:
         ("RSS − baseline once the evaluation data are loaded (same run)", mib(data_cost)),
         ("(for scale: the largest single module output on one batch)", mib(largest)),
     ]
+    probe_rows = [(b, mib(probed[f"curvature_along:{b}"]), mib(probed[f"matvec:{b}"]))
+                  for b in PROBE_BATCHES]
     trace = sorted(samples.items())
     shown = [trace[0], *trace[len(trace) // 4 :: max(len(trace) // 4, 1)], trace[-1]]
     section.body += [
@@ -329,6 +383,14 @@ def run(quick: bool = False, threads: int = 1) -> Section:
         "once as is, once with `summary.cross_check=false`.",
         "",
         *table(["part", "bytes"], rows),
+        "",
+        f"The cross-check's products alone, in a fresh process ({peak_spec['model']}, random "
+        f"init, {peak_spec['channels']}×{peak_spec['size']}² images): the rise of the peak "
+        "(VmHWM reset first) over the RSS before one call, by examples per pass. The cross-check "
+        "runs `curvature_along` over the grid's own batches.",
+        "",
+        *table(["examples per pass", "dᵀHd forward over forward (`curvature_along`)",
+                "one Hessian-vector product (`matvec`, for comparison)"], probe_rows),
         "",
         f"Growth: `llv surface` with {growth_spec['points']} points of {growth_spec['model']} on "
         f"{growth_spec['images']} {growth_spec['channels']}×{growth_spec['size']}² images, RSS "
@@ -342,3 +404,5 @@ def run(quick: bool = False, threads: int = 1) -> Section:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         child(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--probe":
+        probe_child(sys.argv[2])
