@@ -98,6 +98,21 @@ def batch_size_of(batch) -> int:
     raise LlvError("cannot tell the number of examples in a batch: it holds no tensor")
 
 
+def pieces(batch, size: int):
+    """``batch`` cut into consecutive batches of at most ``size`` examples (every tensor with
+    the batch's leading length is sliced; others are shared).
+
+    >>> [tuple(b[0].shape) for b in pieces((torch.zeros(5, 2), torch.zeros(5)), 2)]
+    [(2, 2), (2, 2), (1, 2)]
+    """
+    total = batch_size_of(batch)
+    if size >= total:
+        yield batch
+        return
+    for start in range(0, total, size):
+        yield _map_tensors(batch, lambda t, s=start: t[s:s + size] if t.dim() > 0 and t.shape[0] == total else t)
+
+
 def _map_tensors(batch, fn):
     if torch.is_tensor(batch):
         return fn(batch)

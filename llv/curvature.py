@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llv.batches import as_batches, split_batch
+from llv.batches import as_batches, batch_size_of, pieces, split_batch
 from llv.losses import check_loss, per_example_loss
 from llv.params import ParameterSpace, eval_mode, flatten, unflatten
 
@@ -245,13 +245,16 @@ class HessianOperator:
             _, hv = torch.func.jvp(gradient, (self._primals,), (tangents,))
         return [hv[name] for name in self.wrt]
 
-    def curvature_along(self, v: Tensor) -> float:
+    def curvature_along(self, v: Tensor, examples_per_pass: int | None = None) -> float:
         """vᵀHv, the second derivative of the mean loss along ``v``, forward over forward.
 
         Two nested forward-mode passes (``torch.func.jvp`` of a ``jvp``) carry the first and
         second directional derivatives through one forward pass per batch: no graph is kept
         for a backward pass, so the memory is that of a forward pass with two tangents, not
-        the double-backward graph a Hessian-vector product holds. Not counted in ``num_hvp``.
+        the double-backward graph a Hessian-vector product holds. Nested forward mode keeps the
+        tangents of every layer's activations while a batch passes, so ``examples_per_pass``
+        cuts the batches into smaller passes (the result does not depend on it beyond
+        rounding). Not counted in ``num_hvp``.
 
         >>> model = torch.nn.Linear(2, 1, bias=False)
         >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -270,11 +273,12 @@ class HessianOperator:
         with torch.no_grad(), eval_mode(self.model), warnings.catch_warnings():
             # forward-mode rules of some ops are scripted inside torch, which warns about it
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-            for batch in self.data:
-                def slope(t, batch=batch):
-                    return torch.func.jvp(lambda s: along(s, batch), (t,), (one,))[1]
+            for whole in self.data:
+                for batch in pieces(whole, examples_per_pass or batch_size_of(whole)):
+                    def slope(t, batch=batch):
+                        return torch.func.jvp(lambda s: along(s, batch), (t,), (one,))[1]
 
-                total += torch.func.jvp(slope, (zero,), (one,))[1].double()
+                    total += torch.func.jvp(slope, (zero,), (one,))[1].double()
         return float(total) / self.num_examples
 
     def matvec(self, v: Tensor) -> Tensor:

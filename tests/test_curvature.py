@@ -519,5 +519,6 @@ def test_curvature_along_is_d_h_d_forward_over_forward(dense_case):
         dense = float(v.double() @ hessian.double() @ v.double())
         assert op.curvature_along(v) == pytest.approx(dense, rel=1e-9, abs=1e-12)
     before = op.num_hvp
-    op.curvature_along(v)
+    whole = op.curvature_along(v)
     assert op.num_hvp == before  # not a Hessian-vector product
+    assert op.curvature_along(v, examples_per_pass=3) == pytest.approx(whole, rel=1e-12)

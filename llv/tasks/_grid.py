@@ -235,20 +235,26 @@ def cross_check_curvature(session: Session, directions: dirs.Directions, result,
 
     dᵀHd is the exact second derivative along d, computed forward over forward
     (:meth:`llv.curvature.HessianOperator.curvature_along`): it holds no backward graph, so the
-    check costs two forward passes with tangents and no more memory than the grid's own passes.
+    check costs two forward passes with tangents, in small passes, and no more memory than the
+    grid's own.
     """
+    from llv.batches import batch_size_of
     from llv.curvature import HessianOperator
 
     cfg = session.cfg
     split = str(cfg.eval.splits[0])
     dtype = torch.float64 if str(cfg.eval.precision) == "fp64" else None
     op = HessianOperator(session.model, data[split], loss=str(cfg.loss), dtype=dtype)  # the grid's batches
+    # nested forward mode holds every layer's activations and their tangents while a batch
+    # passes (~16x what a plain evaluation holds at once): passes of 1/16 of the grid's batch
+    # keep the check within the grid's own memory (benchmarks/RESULTS.md, memory)
+    per_pass = max(1, max(batch_size_of(b) for b in op.data) // 16)
     names = directions.space.names
     exact = []
     for axis in directions.axes:
         by_name = dict(zip(names, axis))
         v = op.flatten({n: by_name[n].to(op.device, op.dtype) for n in op.wrt})
-        exact.append(op.curvature_along(v))
+        exact.append(op.curvature_along(v, examples_per_pass=per_pass))
     exact = np.asarray(exact).reshape(directions.ensemble, directions.ndim)
     rows, attrs = [], {}
     for a, axis in enumerate("xy"[:directions.ndim]):
