@@ -303,9 +303,9 @@ def run(quick: bool = False, threads: int = 1) -> Section:
         where = "the cross-check's own peak could not be separated (no clear_refs)"
     note = f"{mib(used(peak))} against {mib(used(loop))} with summary.cross_check=false; {where}"
     note += (f"; dᵀHd alone (`curvature_along`, forward over forward) raises the peak by "
-             f"{mib(probed[f'curvature_along:{batch}'])} on a pass of {batch} images, "
+             f"{mib(probed[f'curvature_along:{batch}'])} on one pass of {batch} images, "
              f"{mib(probed[f'curvature_along:{min(PROBE_BATCHES)}'])} on {min(PROBE_BATCHES)} "
-             "(next table)")
+             "(probe table)")
     if ratio > 1.0:
         if split and in_check > before_check:
             note = ("missed: the curvature cross-check (dᵀHd along each direction at the centre) "
@@ -386,8 +386,8 @@ def run(quick: bool = False, threads: int = 1) -> Section:
         "",
         f"The cross-check's products alone, in a fresh process ({peak_spec['model']}, random "
         f"init, {peak_spec['channels']}×{peak_spec['size']}² images): the rise of the peak "
-        "(VmHWM reset first) over the RSS before one call, by examples per pass. The cross-check "
-        "runs `curvature_along` over the grid's own batches.",
+        "(VmHWM reset first) over the RSS before one call, by examples per pass: what the "
+        "cross-check's pass size costs.",
         "",
         *table(["examples per pass", "dᵀHd forward over forward (`curvature_along`)",
                 "one Hessian-vector product (`matvec`, for comparison)"], probe_rows),
