@@ -66,7 +66,7 @@ TWINS = {
             "training examples (the paper: 51×51 on the whole training set). Drawn as the paper "
             "lays it out: with skip connections on top, without below. At this scale the deep "
             "nets without skips hardly train (ResNet-56: 64 % training accuracy, ResNet-110: "
-            "chance), so their basins are narrow pits, more extreme than the paper's.",
+            "about chance), so their basins are narrow pits, more extreme than the paper's.",
     "fig6": "WRN-8-k (ResNet-8 with k times the channels) for Wide-ResNet-56-k, 20 epochs on "
             "digits; 15×15 surfaces over [−1, 1]² on 256 training examples (the paper: 51×51).",
     "fig7": "|λmin/λmax| over the planes of the Fig. 5 twins' ResNet-56 (same directions) at 7×7 "
@@ -232,6 +232,10 @@ def write_markdown(figures: list[Figure], out: Path) -> Path:
             relative = Path(os.path.relpath(figure.path, out.parent))
             if figure.drawn:
                 lines += [f"![{relative.stem}]({relative.as_posix()})", "", caption(figure), ""]
+                tables = [f"[{s[1:].upper() if s == '.csv' else 'table'}]({relative.with_suffix(s).as_posix()})"
+                          for s in (".md", ".csv") if figure.path.with_suffix(s).is_file()]
+                if tables:  # the numbers behind a report figure (llv plot sharpness)
+                    lines += ["The numbers: " + " · ".join(tables) + ".", ""]
             else:
                 missing = ", ".join(str(p) for p in figure.inputs if not p.exists())
                 lines += [f"*{relative.name}: not computed yet (missing {missing})*", ""]

@@ -59,3 +59,15 @@ def test_smooth_compare_draws_each_panel_from_its_resampling_and_says_so(tmp_pat
         filled = panels[0].collections[0]  # the first panel's filled contours
         vertices[smooth] = sum(len(path.vertices) for path in filled.get_paths())
     assert vertices[True] > 4 * vertices[False]  # the level curves follow the 121×121 grid
+
+
+def test_six_surfaces_are_drawn_as_the_paper_lays_out_fig5(tmp_path):
+    """Pairs (with, without skips) go in columns: the first of each pair on top."""
+    grid = np.linspace(-1, 1, 9)
+    paths = [write_llv_surface(tmp_path / f"s{k}.h5", x=grid, y=grid,
+                               fn=lambda x, y, k=k: 0.1 + (k + 1) * (x**2 + y**2)) for k in range(6)]
+    out = tmp_path / "fig5.png"
+    gallery.draw_two_rows(paths, out, smooth=True, log=None, numbers={"vmin": 0.1, "vmax": 10.0})
+    with Image.open(out) as png:
+        width, height = png.size
+    assert 1.2 < width / height < 2.0  # 2 rows of 3, not 1 row of 6 (about 5.6:1)
