@@ -148,8 +148,9 @@ def grid_of(path: Path) -> str | None:
     with h5py.File(path, "r") as handle:
         sizes = [handle[k].shape[0] for k in ("xcoordinates", "ycoordinates")
                  if k in handle and handle[k].shape]
-    if not sizes:
-        return None
+    if not sizes:  # a trajectory's projection.h5: its loss surface lies beside it
+        beside = path.with_name("surface.h5")
+        return grid_of(beside) if beside != path else None
     return "×".join(str(n) for n in sizes) if len(sizes) == 2 else f"{sizes[0]} points"
 
 

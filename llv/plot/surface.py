@@ -495,8 +495,11 @@ def draw_surface3d(ax, surface: Surface, options: PlotOptions, metric: str | Non
 
     # light from high above: shading shows the shape without turning the basin's colours black
     light = LightSource(azdeg=315, altdeg=65)
+    # autolim=False: the limits are set below; autoscaling faces of 3 to 8 vertices reads the
+    # padding of matplotlib's ragged face array, which can hold NaN (an intermittent ValueError)
     ax.add_collection3d(Poly3DCollection(polygons, facecolors=cmap(norm(heights)), shade=True,
-                                         lightsource=light, linewidth=0, antialiased=False))
+                                         lightsource=light, linewidth=0, antialiased=False),
+                        autolim=False)
     ax.set_xlim(x.min(), x.max())
     ax.set_ylim(y.min(), y.max())
     mappable = ScalarMappable(norm=norm, cmap=cmap)
