@@ -67,8 +67,9 @@ TWINS = {
             "lays it out: with skip connections on top, without below. At this scale the deep "
             "nets without skips hardly train (ResNet-56: 64 % training accuracy, ResNet-110: "
             "about chance), so their basins are narrow pits, more extreme than the paper's.",
-    "fig6": "WRN-8-k (ResNet-8 with k times the channels) for Wide-ResNet-56-k, 20 epochs on "
-            "digits; 15×15 surfaces over [−1, 1]² on 256 training examples (the paper: 51×51).",
+    "fig6": "WRN-8-k (ResNet-8 with k times the channels, built with `model=custom`, hence "
+            "the titles' model name) for Wide-ResNet-56-k, 20 epochs on digits; 15×15 surfaces "
+            "over [−1, 1]² on 256 training examples (the paper: 51×51).",
     "fig7": "|λmin/λmax| over the planes of the Fig. 5 twins' ResNet-56 (same directions) at 7×7 "
             "(the paper: 51×51), the Hessian of the loss on 128 training examples, Lanczos "
             "tolerance 1e-2.",
@@ -217,8 +218,9 @@ def write_markdown(figures: list[Figure], out: Path) -> Path:
              "`scripts/reproduce.py`, stored as 128-colour palette PNGs.", "",
              "Figures whose title says *interpolated (bicubic, n×n → 121×121)* are drawn from a "
              "bicubic resampling of the computed grid (`--smooth`): it passes through every "
-             "computed value; a loss spanning decades is resampled as its logarithm and kept "
-             "between the values at the corners of each grid cell, so the walls do not ring. "
+             "computed value; a surface with walls (largest value over 100 × its median) is "
+             "resampled as its logarithm and kept between the values at the corners of each grid "
+             "cell, so the walls do not ring. "
              "The caption under each figure gives the paper figure and the computed grid.", "",
              "Regenerate with `python scripts/gallery.py` (computes what is missing under "
              "`outputs/experiments/`, about an hour on two cores, then draws) or "
