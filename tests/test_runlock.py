@@ -133,6 +133,16 @@ def test_sigterm_raises_stopped_inside_stop_signals_only():
 
 
 def test_held_signals_finish_the_block_then_stop():
+    # Python's own Ctrl-C handler, whatever this process inherited (a shell's background job
+    # starts with SIGINT ignored, and an ignored signal is, rightly, not raised afterwards)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _held_signals_case()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _held_signals_case():
     finished = []
     with pytest.raises(Stopped):
         with stop_signals():
