@@ -241,13 +241,13 @@ def _world_size_case(reference, tmp_path, launcher, ranks):
     assert sorted(p.name for p in out.iterdir() if p.name != ".llv.lock") == ["config.yaml", "surface.h5"]
 
 
-@pytest.mark.parametrize("launcher,ranks", [("mpi", 1), ("mpi", 3), ("torch", 2)])
+@pytest.mark.parametrize("launcher,ranks", [("mpi", 1), ("mpi", 3)])  # torchrun: the kill/resume test
 def test_world_sizes_agree(reference, tmp_path, launcher, ranks):
     _world_size_case(reference, tmp_path, launcher, ranks)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher,ranks", [("mpi", 2), ("torch", 1), ("torch", 3)])
+@pytest.mark.parametrize("launcher,ranks", [("mpi", 2), ("torch", 1), ("torch", 2), ("torch", 3)])
 def test_world_sizes_agree_more(reference, tmp_path, launcher, ranks):
     _world_size_case(reference, tmp_path, launcher, ranks)
 
@@ -272,6 +272,7 @@ def test_more_ranks_than_points(reference, tmp_path):
     assert "3 ranks for 2 pending points: 1 rank(s) stay idle" in stderr
 
 
+@pytest.mark.slow
 def test_auto_extent_is_found_once_and_shared_by_every_rank(reference, tmp_path):
     """``grid.x=auto``: rank 0 searches and broadcasts; the surface equals a one-process run."""
     auto = ["grid.x=auto:5", "grid.y=null", f"dir_file={reference['line_dir_file']}", "grid.auto_rise=1.2"]
