@@ -442,22 +442,30 @@ def test_smooth_density_integrates_to_one_with_the_right_masses():
         smooth_density([0.0], [1.0], grid, sigma=0.0)
 
 
+def trained_digits_mlp(examples: int, hidden: int, steps: int):
+    """A tanh MLP trained by full-batch SGD on the first ``examples`` digits: a Hessian with a
+    real spectrum (not a random init's), too big for a dense matrix."""
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    inputs = torch.tensor(features[:examples] / 16.0, dtype=torch.float32)
+    targets = torch.tensor(labels[:examples])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    return model, inputs, targets
+
+
 @pytest.mark.slow
 def test_lanczos_agrees_with_arpack_on_a_trained_digits_net():
     """n = 1810 (too big for a dense Hessian here): scipy's eigsh at tol 1e-10 is the reference."""
     from scipy.sparse.linalg import eigsh
-    from sklearn.datasets import load_digits
 
-    features, labels = load_digits(return_X_y=True)
-    inputs = torch.tensor(features[:256] / 16.0, dtype=torch.float32)
-    targets = torch.tensor(labels[:256])
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(100):
-        optimizer.zero_grad()
-        F.cross_entropy(model(inputs), targets).backward()
-        optimizer.step()
+    model, inputs, targets = trained_digits_mlp(examples=256, hidden=24, steps=100)
     op = HessianOperator(model, inputs, targets, dtype=torch.float64, batch_size=100)
     start = np.random.default_rng(0).standard_normal(op.n)
     linear = op.as_linear_operator()
@@ -483,16 +491,7 @@ def test_both_ends_at_tol_1e_3_are_within_tol_of_eigsh_for_every_seed():
 
     from llv.curvature import spectrum_ends
 
-    features, labels = __import__("sklearn.datasets", fromlist=["load_digits"]).load_digits(return_X_y=True)
-    inputs = torch.tensor(features[:128] / 16.0, dtype=torch.float32)
-    targets = torch.tensor(labels[:128])
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(60):
-        optimizer.zero_grad()
-        F.cross_entropy(model(inputs), targets).backward()
-        optimizer.step()
+    model, inputs, targets = trained_digits_mlp(examples=128, hidden=16, steps=60)
     op = HessianOperator(model, inputs, targets, dtype=torch.float64)
     linear = op.as_linear_operator()
     top = eigsh(linear, k=1, which="LA", tol=1e-12, return_eigenvectors=False)[0]
