@@ -63,12 +63,8 @@ def check_inputs(cfg, run_dir: Path | None = None) -> None:
     grid, checked before anything is built or read (a ``prepare`` of the session)."""
     from llv.tasks.session import check_file
 
-    grid = GridSpec.from_cfg(cfg.grid)
-    if grid.ndim == 0 and str(cfg.command) != "hessian":
+    if GridSpec.from_cfg(cfg.grid).ndim == 0 and str(cfg.command) != "hessian":
         raise LlvError(f"llv {cfg.command} needs a 1D or 2D grid (grid.x=min:max:num), not a single point")
-    if grid.auto and str(cfg.command) not in ("surface", "hessian", "direction"):
-        raise LlvError(f"llv {cfg.command} does not take grid.x=auto / grid.y=auto (surface and hessian maps do); "
-                       "give grid.x=min:max:num")
     if cfg.get("dir_file"):
         check_file(cfg.dir_file, "dir_file")
         return
