@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -844,7 +845,35 @@ def main(args: list[str] | None = None) -> None:
     # OpenMP threads that spin while waiting make torch many times slower on a shared machine
     # (measured 7-15x on 2 loaded cores); sleeping waiters cost little when cores are idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app(args=hydra_style_args(sys.argv[1:] if args is None else args), prog_name="llv")
+    args = list(sys.argv[1:] if args is None else args)
+    with _named_completion_shell(args):
+        app(args=hydra_style_args(args), prog_name="llv")
+
+
+_COMPLETION_FLAGS = ("--show-completion", "--install-completion")
+_SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+@contextlib.contextmanager
+def _named_completion_shell(args: list[str]) -> Iterator[None]:
+    """``llv --install-completion bash`` uses bash, not the shell Typer detects.
+
+    Typer's flags detect the shell from the process tree and ignore a name after them (so
+    the name was dropped: zsh got installed from a zsh session, and with no shell above the
+    process, e.g. under nohup or CI, it failed with "Shell  not supported"). Typer's own
+    switch for naming the shell is the environment variable below; set it only when a shell
+    is named.
+    """
+    key = "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"
+    named = any(flag in _COMPLETION_FLAGS and name in _SHELLS for flag, name in zip(args, args[1:]))
+    before = os.environ.get(key)
+    if named:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if named and before is None:
+            os.environ.pop(key, None)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ def test_completion_of_commands_prefixes_and_group_options(complete_bash, run):
 def test_show_and_install_completion(tmp_path, run):
     shown = run("--show-completion", "bash")
     assert shown.returncode == 0 and "_LLV_COMPLETE=complete_bash" in shown.stdout
+    # the named shell wins over the one detected from the process tree (none under nohup/CI)
+    zsh = run("--show-completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef llv"), zsh.stderr
+    assert "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION" not in os.environ
     installed = run("--install-completion", "bash", env={"HOME": str(tmp_path)})
     assert installed.returncode == 0, installed.stderr
     assert "_LLV_COMPLETE" in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
