@@ -265,20 +265,17 @@ class HessianOperator:
         v = v.to(device=self.device, dtype=self.dtype).reshape(-1)
         tangents = self.unflatten(v)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-
-        def along(t: Tensor, batch) -> Tensor:
-            return self._chunk_loss({n: self._primals[n] + t * tangents[n] for n in self.wrt}, batch)
-
-        zero, one = (torch.tensor(x, dtype=self.dtype, device=self.device) for x in (0.0, 1.0))
         with torch.no_grad(), eval_mode(self.model), warnings.catch_warnings():
             # forward-mode rules of some ops are scripted inside torch, which warns about it
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
             for whole in self.data:
                 for batch in pieces(whole, examples_per_pass or batch_size_of(whole)):
-                    def slope(t, batch=batch):
-                        return torch.func.jvp(lambda s: along(s, batch), (t,), (one,))[1]
+                    # the tangents enter as the parameters' own: p + t·v through a scalar t put
+                    # per-parameter arithmetic on doubly dual tensors (1.5-1.6x the time)
+                    def slope(params, batch=batch):
+                        return torch.func.jvp(lambda p: self._chunk_loss(p, batch), (params,), (tangents,))[1]
 
-                    total += torch.func.jvp(slope, (zero,), (one,))[1].double()
+                    total += torch.func.jvp(slope, (self._primals,), (tangents,))[1].double()
         return float(total) / self.num_examples
 
     def matvec(self, v: Tensor) -> Tensor:
