@@ -118,6 +118,7 @@ def test_wrong_direction_file_is_one_clear_error(model, tmp_path):
         dirs.load(path, ParameterSpace.of(model, "states"), ndim=2)
 
 
+@pytest.mark.slow  # kept out of `make test` for its 10-minute budget
 def test_ensemble_equals_separate_runs_with_the_matching_seeds(tiny):
     overrides, _ = tiny
     cfg = compose("surface", [*overrides, "grid.x=-1:1:5", "grid.y=-1:1:3", "direction.ensemble=3",

@@ -241,17 +241,18 @@ def _world_size_case(reference, tmp_path, launcher, ranks):
     assert sorted(p.name for p in out.iterdir() if p.name != ".llv.lock") == ["config.yaml", "surface.h5"]
 
 
-@pytest.mark.parametrize("launcher,ranks", [("mpi", 1), ("mpi", 3)])  # torchrun: the kill/resume test
+@pytest.mark.parametrize("launcher,ranks", [("mpi", 3)])  # torchrun: the kill/resume test
 def test_world_sizes_agree(reference, tmp_path, launcher, ranks):
     _world_size_case(reference, tmp_path, launcher, ranks)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher,ranks", [("mpi", 2), ("torch", 1), ("torch", 2), ("torch", 3)])
+@pytest.mark.parametrize("launcher,ranks", [("mpi", 1), ("mpi", 2), ("torch", 1), ("torch", 2), ("torch", 3)])
 def test_world_sizes_agree_more(reference, tmp_path, launcher, ranks):
     _world_size_case(reference, tmp_path, launcher, ranks)
 
 
+@pytest.mark.slow  # kept out of `make test` for its 10-minute budget
 def test_more_ranks_than_points(reference, tmp_path):
     out = tmp_path / "line"
     _, _, stderr = launch(

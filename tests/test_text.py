@@ -218,6 +218,7 @@ def skip_unless_ours(result, what):
     pytest.skip(f"{what} fails in {frames[-1]}: {result.stderr.strip().splitlines()[-1][:300]}")
 
 
+@pytest.mark.slow  # kept out of `make test` for its 10-minute budget
 def test_llv_train_tiny_lm_on_text_lowers_the_loss(tmp_path):
     run = tmp_path / "run"
     result = llv_command(

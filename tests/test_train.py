@@ -437,6 +437,7 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(short_run
     assert_same_run(run, short_run)
 
 
+@pytest.mark.slow  # kept out of `make test` for its 10-minute budget
 def test_full_disk_while_writing_checkpoints_is_one_line_and_exit_2(tmp_path):
     from test_fsio import mount_tmpfs, unmount
 
