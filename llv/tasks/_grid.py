@@ -189,8 +189,7 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},
         probe=str(cfg.get("probe", True)), recorded_metrics=recorded if e.max_samples is None else {},
         auto=auto_options(cfg), coordinate_names=coordinate_names, progress=True)
-    if grid.auto and result is not None:
-        log.info(f"to repeat this grid exactly: {repeat_overrides(result)}")
+    log_repeat_line(grid, result)
     if result is not None and result.complete and space.type == "weights" and cfg.summary.get("cross_check", True):
         cross_check_curvature(session, directions, result, data)
     return result
@@ -202,6 +201,12 @@ def auto_options(cfg) -> dict:
     return {"rise": float(g.get("auto_rise", 2.0)), "add": g.get("auto_add"),
             "max_extent": float(g.get("auto_max", 10.0)), "tol": float(g.get("auto_tol", 0.01)),
             "symmetric": bool(g.get("auto_symmetric", True))}
+
+
+def log_repeat_line(grid, result) -> None:
+    """After a ``grid.x=auto`` run: the overrides that give its grid again, to the bit."""
+    if grid.auto and result is not None:
+        log.info(f"to repeat this grid exactly: {repeat_overrides(result)}")
 
 
 def repeat_overrides(result) -> str:

@@ -22,8 +22,8 @@ from llv.tasks._grid import (
     check_inputs,
     grid_directions,
     hessian_at,
+    log_repeat_line,
     plot_result,
-    repeat_overrides,
     run_attrs,
 )
 from llv.tasks.session import Session, running
@@ -170,8 +170,7 @@ def compute_map(session: Session, grid: GridSpec):
         chunk_points=int(cfg.eval.chunk_points), stop_after=cfg.get("stop_after_points"),
         attrs={**run_attrs(session, directions, dir_file), "hessian_max_samples": str(h.get("max_samples"))},
         auto=auto_options(cfg))
-    if grid.auto and result is not None:
-        log.info(f"to repeat this grid exactly: {repeat_overrides(result)}")
+    log_repeat_line(grid, result)
     return result
 
 
