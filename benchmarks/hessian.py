@@ -50,6 +50,7 @@ QUICK = {"images": 32, "epochs": 1, "repeats": 1, "probes": 6, "max_iter": 15, "
          "map_images": 8, "map_side": 3}
 TOL = 1e-3
 ENDS_TARGET, MAP_TARGET = 50, 40  # products: both ends at a point; mean per point of a warm map
+START_SEEDS = 5  # seeded start vectors for the products row (seed 0 is the one llv uses by default)
 
 
 def power_iteration(
@@ -390,6 +391,7 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
     op = hessian.operator
     counted = CountedProducts(op)
     runs = {"ends": [], "analyse": []}
+    by_seed_errors: dict[int, float] = {}
 
     def ends():
         before = counted.calls
@@ -407,12 +409,27 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
         before = counted.calls
         default_time, default = timed(lambda: hessian.analyse(tol=TOL, seed=0))
         default_calls = counted.calls - before
+        # the start vector is random: seed 0 is one draw, so the row is the median over seeds
+        by_seed = {0: runs["ends"][0][0]}
+        for seed in range(1, START_SEEDS):
+            before = counted.calls
+            other = spectrum_ends(op, 1, 1, tol=TOL, seed=seed)
+            by_seed[seed] = counted.calls - before
+            by_seed_errors[seed] = max(
+                abs(float(other[key][0]) - exact[f"lambda_{end}"]) / abs(exact[f"lambda_{end}"])
+                for end, key in (("max", "top"), ("min", "bottom")))
     finally:
         del op.matvec  # the operator's own method again
     oracle, ritz = products_to_reach(op, exact, limit=max(ENDS_TARGET, runs["ends"][0][0]) + 10)
     calls, result = runs["ends"][0]
     errors = {end: abs(float(result[key][0]) - exact[f"lambda_{end}"]) / abs(exact[f"lambda_{end}"])
               for end, key in (("max", "top"), ("min", "bottom"))}
+    by_seed_errors[0] = max(errors.values())
+    typical = float(np.median(list(by_seed.values())))
+    seeds_note = (f"median over {len(by_seed)} seeded start vectors (seeds {min(by_seed)}–"
+                  f"{max(by_seed)}: " + ", ".join(str(by_seed[k]) for k in sorted(by_seed))
+                  + f" products; the worse end's relative error at the stop ≤ "
+                  f"{max(by_seed_errors.values()):.1e} for every seed)")
     ends_seconds = float(np.median(ratios["ends"]["seconds"]))
     analyse_calls, analysed = runs["analyse"][0]
     product_ratio = analyse_calls / calls
@@ -422,7 +439,7 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
                  f"{float(result['bottom'][0]):.6g} (rel. error {errors['min']:.1e}) against the "
                  f"tight run (tol 1e-6); converged: {result['converged']}; the same Krylov space "
                  f"has both ends truly within 1e-3 after {oracle} products (an oracle stop)")
-    if calls > ENDS_TARGET:
+    if typical > ENDS_TARGET:
         ratio = abs(exact["lambda_min"]) / abs(exact["lambda_max"])
         gap = float(ritz[1] - ritz[0]) if len(ritz) > 1 else float("nan")
         slow = (f"λmin is {ratio:.1%} of λmax and its nearest other Ritz value is {gap:.2g} away "
@@ -450,9 +467,10 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
         for name in ("extremes", "top_k", "trace", "density") if f"num_hvp_{name}" in default)
     targets = [
         Target("Hessian: products for λmax and λmin to tol 1e-3 at a point (`spectrum_ends`, "
-               "what `llv hessian` runs)", calls, "max", ENDS_TARGET, unit="", note=ends_note),
+               "what `llv hessian` runs)", typical, "max", ENDS_TARGET, unit="",
+               note=seeds_note + "; seed 0: " + ends_note),
         Target("Hessian: relative error of λmax and λmin (the worse) at those products, vs tight "
-               "Lanczos", max(errors.values()), "max", TOL, unit=""),
+               "Lanczos (worst start seed)", max(by_seed_errors.values()), "max", TOL, unit=""),
         Target("`llv hessian hessian.compute=[extremes]` (`Hessian.analyse`) ÷ its Lanczos run "
                "alone, products", product_ratio, "max", 1.0, unit="×", note=compute_note),
         Target("`Hessian.analyse` with the default compute list ÷ the Lanczos run alone, "
