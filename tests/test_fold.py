@@ -306,3 +306,47 @@ def test_memory_format_rule():
     choice = choose_memory_format(lambda x: forward(state, x), torch.randn(8, 3, 8, 8), repeats=1)
     assert choice.ratio > 0
     assert (choice.memory_format == torch.channels_last) == (choice.ratio <= 0.97)
+
+
+class ReluInputsUsedElsewhere(nn.Module):
+    """ReLUs that must not overwrite their input: it is used again, or it is the caller's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 36, 2)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))  # folded: y is the conv's output
+        z = F.relu(y) + y  # y is used again after the ReLU
+        return self.head(F.relu(z.flatten(1))) + F.relu(x).mean()  # a view; the caller's input
+
+
+def test_relus_run_in_place_only_where_no_value_changes(monkeypatch):
+    import llv.fold as fold
+
+    model = randomize(Mixed())
+    forward = FoldedForward(model)
+    with torch.no_grad():
+        forward(state_of(model), torch.randn(2, 3, 6, 6))  # the first call proves the Linear pair
+    # every ReLU of Mixed reads a conv, linear or BatchNorm output used by nothing else
+    assert forward.inplace_activations == 4
+    net = randomize(build_model({"name": "resnet20", "in_channels": 3, "num_classes": 10, "image_size": 8}))
+    monkeypatch.setattr(fold, "_activations_in_place", lambda module: 0)
+    out_of_place = FoldedForward(net)
+    monkeypatch.undo()
+    in_place = FoldedForward(net)
+    assert in_place.inplace_activations == 19 and out_of_place.inplace_activations == 0
+    x, state = torch.randn(5, 3, 8, 8), state_of(net)
+    with torch.no_grad():
+        assert torch.equal(in_place(state, x), out_of_place(state, x))  # bit for bit
+
+    guarded = randomize(ReluInputsUsedElsewhere())
+    forward = FoldedForward(guarded)
+    assert forward.folded_pairs and forward.inplace_activations == 0
+    x = torch.randn(3, 3, 6, 6)
+    kept = x.clone()
+    with torch.no_grad():
+        assert relative_error(forward(state_of(guarded), x), reference(guarded, state_of(guarded), x)) <= 1e-6
+    assert torch.equal(x, kept)  # the caller's input is never overwritten
