@@ -22,6 +22,7 @@ def test_quadratic_loss_second_difference_equals_dthd(tmp_path):
         assert estimate == pytest.approx(hvp, rel=1e-6)
         assert attrs[f"summary_train_curvature_{axis}_reldiff"] < 1e-6
         assert attrs[f"summary_train_curvature_{axis}_error"] < 1e-6 * abs(hvp)
+    assert 0 < attrs["summary_cross_check_seconds"] < 60  # what the check cost, stored with it
 
 
 def test_smooth_net_agrees_within_the_discretization_error(tmp_path):
