@@ -313,7 +313,6 @@ def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-
 #: layers whose output is always a new tensor (never a view of an input or of a parameter)
 _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
                   nn.BatchNorm3d)

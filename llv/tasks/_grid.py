@@ -250,8 +250,8 @@ def cross_check_curvature(session: Session, directions: dirs.Directions, result,
     # nested forward mode holds every layer's activations and their tangents while a batch
     # passes (~16x what a plain evaluation holds at once): passes of 1/16 of the grid's batch
     # keep the check within the grid's own memory (benchmarks/RESULTS.md, memory); at least 16
-    # examples a pass, since each pass also pays a fixed cost per layer for its dual tensors
-    # (about 0.35 s on a ResNet-20 on one CPU thread, whatever the pass's size)
+    # examples a pass, since tiny passes are slow per example (a ResNet-20 on one CPU thread:
+    # 14 passes of 3 images took 4.4x one pass of all 40; passes of 16 cost 1.1x one of 128)
     per_pass = max(16, max(batch_size_of(b) for b in op.data) // 16)
     names = directions.space.names
     count = len(directions.axes)
