@@ -103,6 +103,8 @@ class FoldedForward:
         folded_pairs: the pairs that are folded.
         not_folded: BatchNorm name (or ``"*"`` for the whole model) -> why it stays unfolded.
         module: the module that runs: the folded copy, or the eval-mode copy if nothing folds.
+        inplace_activations: how many ReLUs of the folded copy run in place (their input is a
+            new tensor nothing else reads; the values are the same to the bit).
 
     ``state`` maps the ORIGINAL model's parameter and buffer names to one point's tensors, as
     :func:`torch.func.functional_call` takes them; missing entries take the model's values.
