@@ -105,6 +105,9 @@ class FoldedForward:
         module: the module that runs: the folded copy, or the eval-mode copy if nothing folds.
         inplace_activations: how many ReLUs of the folded copy run in place (their input is a
             new tensor nothing else reads; the values are the same to the bit).
+        inplace_sums: how many sums ``a + b`` are written into an operand that is such a new
+            tensor (a residual block's conv output; where the shapes or vmap forbid it at run
+            time, the sum is made out of place).
 
     ``state`` maps the ORIGINAL model's parameter and buffer names to one point's tensors, as
     :func:`torch.func.functional_call` takes them; missing entries take the model's values.
@@ -119,7 +122,7 @@ class FoldedForward:
         self._names = list(self._defaults)
         self.not_folded: dict[str, str] = {}
         self._folds: list[_Fold] = []
-        self.inplace_activations = 0
+        self.inplace_activations = self.inplace_sums = 0
         self._traced: torch.fx.GraphModule | None = None
         try:
             self._traced = torch.fx.symbolic_trace(self._reference)
@@ -274,6 +277,7 @@ class FoldedForward:
             if layer.bias is None:
                 layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
                                                       device=layer.weight.device))
+        self.inplace_sums = _sums_in_place(folded)
         self.inplace_activations = _activations_in_place(folded)
         graph.lint()
         folded.recompile()
@@ -318,7 +322,49 @@ def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 #: layers whose output is always a new tensor (never a view of an input or of a parameter)
 _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
                   nn.BatchNorm3d)
-_FRESH_FUNCTIONS = (operator.add, torch.add)
+
+
+def _add_into(fresh: torch.Tensor, other):
+    """``fresh + other``, written into ``fresh`` when the shapes and dtypes allow it (the same
+    bits: addition commutes exactly); ``fresh`` is a new tensor nothing else reads."""
+    if isinstance(other, torch.Tensor) and other.shape == fresh.shape and other.dtype == fresh.dtype:
+        try:
+            return fresh.add_(other)
+        except RuntimeError:  # under vmap an unbatched tensor cannot take a batched one in place
+            pass
+    return fresh + other
+
+
+_FRESH_FUNCTIONS = (operator.add, torch.add, _add_into)
+
+
+def _is_fresh(module: torch.fx.GraphModule, node) -> bool:
+    """Whether ``node`` is a new tensor (a conv, linear or BN output, or a sum) with one user."""
+    return isinstance(node, torch.fx.Node) and len(node.users) == 1 and (
+        (node.op == "call_module" and type(module.get_submodule(node.target)) in _FRESH_MODULES)
+        or (node.op == "call_function" and node.target in _FRESH_FUNCTIONS and not node.kwargs))
+
+
+def _sums_in_place(module: torch.fx.GraphModule) -> int:
+    """``a + b`` written into ``a`` (or ``b``) where that operand is a new tensor nothing else
+    reads, e.g. a residual block's conv output plus its shortcut. Returns the number rewritten."""
+    graph, rewritten = module.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not operator.add or node.kwargs or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if _is_fresh(module, a):
+            args = (a, b)
+        elif _is_fresh(module, b):
+            args = (b, a)
+        else:
+            continue
+        with graph.inserting_after(node):
+            replacement = graph.call_function(_add_into, args)
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        rewritten += 1
+    return rewritten
 
 
 def _activations_in_place(module: torch.fx.GraphModule) -> int:
@@ -335,13 +381,9 @@ def _activations_in_place(module: torch.fx.GraphModule) -> int:
         is_function = node.op == "call_function" and node.target in (torch.relu, nn.functional.relu)
         if not (is_module or is_function) or len(node.args) != 1 or set(node.kwargs) - {"inplace"}:
             continue
-        source = node.args[0]
-        fresh = isinstance(source, torch.fx.Node) and len(source.users) == 1 and (
-            (source.op == "call_module" and type(module.get_submodule(source.target)) in _FRESH_MODULES)
-            or (source.op == "call_function" and source.target in _FRESH_FUNCTIONS
-                and not source.kwargs.get("out")))
-        if not fresh:
+        if not _is_fresh(module, node.args[0]):
             continue
+        source = node.args[0]
         with graph.inserting_after(node):
             replacement = graph.call_function(torch.relu_, (source,))
         node.replace_all_uses_with(replacement)

@@ -334,10 +334,12 @@ def test_relus_run_in_place_only_where_no_value_changes(monkeypatch):
     assert forward.inplace_activations == 4
     net = randomize(build_model({"name": "resnet20", "in_channels": 3, "num_classes": 10, "image_size": 8}))
     monkeypatch.setattr(fold, "_activations_in_place", lambda module: 0)
+    monkeypatch.setattr(fold, "_sums_in_place", lambda module: 0)
     out_of_place = FoldedForward(net)
     monkeypatch.undo()
     in_place = FoldedForward(net)
     assert in_place.inplace_activations == 19 and out_of_place.inplace_activations == 0
+    assert in_place.inplace_sums == 9 and out_of_place.inplace_sums == 0  # one per residual block
     x, state = torch.randn(5, 3, 8, 8), state_of(net)
     with torch.no_grad():
         assert torch.equal(in_place(state, x), out_of_place(state, x))  # bit for bit
@@ -350,3 +352,34 @@ def test_relus_run_in_place_only_where_no_value_changes(monkeypatch):
     with torch.no_grad():
         assert relative_error(forward(state_of(guarded), x), reference(guarded, state_of(guarded), x)) <= 1e-6
     assert torch.equal(x, kept)  # the caller's input is never overwritten
+
+
+class SumOfBranches(nn.Module):
+    """A conv branch plus a folded conv + BN branch: the sum is written into the plain branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.plain = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.plain(x) + self.bn(self.conv(x))
+
+
+def test_a_sum_in_place_falls_back_where_vmap_cannot_write_it():
+    # under vmap only the folded branch's tensors vary per point: the plain branch is the same
+    # for every point (unbatched) and cannot take the batched sum in place, so it is added out
+    # of place, with the same values
+    model = randomize(SumOfBranches())
+    forward = FoldedForward(model)
+    assert forward.folded_pairs and forward.inplace_sums == 1
+    fixed = state_of(model)
+    varying = {n: torch.stack([t, 1.1 * t, 0.9 * t]) for n, t in fixed.items() if n.startswith(("conv", "bn"))}
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        want = torch.stack([reference(model, {**fixed, **{n: t[i] for n, t in varying.items()}}, x)
+                            for i in range(3)])
+        got = vmap(lambda params, x: forward({**fixed, **params}, x), in_dims=(0, None))(varying, x)
+        assert relative_error(got, want) <= 1e-6
+        assert torch.equal(forward(fixed, x), forward(fixed, x))  # one point: written in place
