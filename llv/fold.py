@@ -327,7 +327,8 @@ _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn
 def _add_into(fresh: torch.Tensor, other):
     """``fresh + other``, written into ``fresh`` when the shapes and dtypes allow it (the same
     bits: addition commutes exactly); ``fresh`` is a new tensor nothing else reads."""
-    if isinstance(other, torch.Tensor) and other.shape == fresh.shape and other.dtype == fresh.dtype:
+    if (isinstance(fresh, torch.Tensor) and isinstance(other, torch.Tensor) and other.shape == fresh.shape
+            and other.dtype == fresh.dtype):
         try:
             return fresh.add_(other)
         except RuntimeError:  # under vmap an unbatched tensor cannot take a batched one in place

@@ -383,3 +383,16 @@ def test_a_sum_in_place_falls_back_where_vmap_cannot_write_it():
         got = vmap(lambda params, x: forward({**fixed, **params}, x), in_dims=(0, None))(varying, x)
         assert relative_error(got, want) <= 1e-6
         assert torch.equal(forward(fixed, x), forward(fixed, x))  # one point: written in place
+
+
+def test_add_into_writes_only_a_tensor_of_the_result_shape_and_dtype():
+    from llv.fold import _add_into
+
+    a = torch.ones(2, 3)
+    assert _add_into(a, torch.full((2, 3), 2.0)) is a and torch.equal(a, torch.full((2, 3), 3.0))
+    row = torch.ones(3)
+    out = _add_into(row, torch.ones(2, 3))  # the sum is larger than the operand: a new tensor
+    assert out is not row and out.shape == (2, 3) and torch.equal(row, torch.ones(3))
+    half = torch.ones(3, dtype=torch.float16)
+    assert _add_into(half, torch.ones(3)).dtype == torch.float32 and half.dtype == torch.float16
+    assert _add_into(3, 4) == 7 and torch.equal(_add_into(2, torch.ones(2)), torch.full((2,), 3.0))
