@@ -252,7 +252,7 @@ def cross_check_curvature(session: Session, directions: dirs.Directions, result,
     # keep the check within the grid's own memory (benchmarks/RESULTS.md, memory); at least 16
     # examples a pass, since tiny passes are slow per example (a ResNet-20 on one CPU thread:
     # 14 passes of 3 images took 4.4x one pass of all 40; passes of 16 cost 1.1x one of 128)
-    per_pass = max(16, max(batch_size_of(b) for b in op.data) // 16)
+    per_pass = max(16, max(batch_size_of(b) for b in op.data.stored) // 16)  # sizes only: no copy to the device
     names = directions.space.names
     count = len(directions.axes)
     log.info(f"curvature cross-check: dᵀHd along {count} direction(s) on the '{split}' split, forward over "
