@@ -383,6 +383,12 @@ def products_to_reach(op, exact: dict, tol: float = TOL, limit: int = 200,
     return j + 1, theta
 
 
+def end_errors(result: dict, exact: dict) -> dict[str, float]:
+    """Relative errors of a ``spectrum_ends`` result's λmax and λmin against ``exact``."""
+    return {end: abs(float(result[key][0]) - exact[f"lambda_{end}"]) / abs(exact[f"lambda_{end}"])
+            for end, key in (("max", "top"), ("min", "bottom"))}
+
+
 def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], list[str]]:
     """Both ends to 1e-3 at the point (``spectrum_ends``), and ``analyse(compute=["extremes"])``
     against that Lanczos run alone, side by side; the default compute list for contrast."""
@@ -415,15 +421,12 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
             before = counted.calls
             other = spectrum_ends(op, 1, 1, tol=TOL, seed=seed)
             by_seed[seed] = counted.calls - before
-            by_seed_errors[seed] = max(
-                abs(float(other[key][0]) - exact[f"lambda_{end}"]) / abs(exact[f"lambda_{end}"])
-                for end, key in (("max", "top"), ("min", "bottom")))
+            by_seed_errors[seed] = max(end_errors(other, exact).values())
     finally:
         del op.matvec  # the operator's own method again
     oracle, ritz = products_to_reach(op, exact, limit=max(ENDS_TARGET, runs["ends"][0][0]) + 10)
     calls, result = runs["ends"][0]
-    errors = {end: abs(float(result[key][0]) - exact[f"lambda_{end}"]) / abs(exact[f"lambda_{end}"])
-              for end, key in (("max", "top"), ("min", "bottom"))}
+    errors = end_errors(result, exact)
     by_seed_errors[0] = max(errors.values())
     typical = float(np.median(list(by_seed.values())))
     seeds_note = (f"median over {len(by_seed)} seeded start vectors (seeds {min(by_seed)}–"
