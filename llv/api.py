@@ -10,6 +10,7 @@ precision flags are restored on return.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -368,8 +369,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     if evaluator.variance_floors:
         run_attrs.update(_floored_range(evaluator, grid, directions.ensemble))
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
-    point_function = pilots.evaluate if approximation is not None else evaluator.evaluate
-    file, stats = run_points(point_function, grid, directions, evaluator.metrics,
+    file, stats = run_points(evaluator.evaluate, grid, directions, evaluator.metrics,
                              comm=comm, path=path, resume=resume, attrs=run_attrs, provenance=provenance,
                              coordinate_names=coordinate_names, chunk_points=chunk_points,
                              stop_after=stop_after, progress=progress,
@@ -451,14 +451,26 @@ def _resolve_auto(loss_of_row: Callable[[torch.Tensor], float], grid: GridSpec, 
     return grid.resolve(ranges), record
 
 
-class _Pilots:
-    """The fast mode's pilot points: the centre and the corners, evaluated on the whole split.
+#: The fast mode's range comes from the centre and corners, each evaluated on a growing subset
+#: until its standard error is at most this share of the range found so far (capped at 4 ×
+#: ``target_se``): the range then carries a few per cent of error, which moves every point's
+#: stopping threshold by as much and no more.
+PILOT_SE = 0.02
 
-    Their losses give the surface's range (the scale of ``target_se``); where they are grid
-    points (the corners always, the centre when 0 is a coordinate) the grid takes these exact
-    values instead of evaluating them again. A pilot point is always evaluated the same way
-    (the whole split, whether or not the pilots ran in this process, e.g. after a resume), so
-    resumed and distributed runs give the same numbers as one run.
+
+class _Pilots:
+    """The fast mode's pilot points: the centre and the corners, whose losses give the surface's
+    range (the scale of ``target_se``).
+
+    They are estimated the way every point is, on growing seeded subsets, in rounds: first on
+    ``eval.approx_start`` examples each, then each until its standard error is at most
+    :data:`PILOT_SE` of the previous round's range, again until the range stops shrinking by
+    more than half. Each round re-reads the same seeded orders, so the rounds cost about what
+    the last one costs, a small share of a pass per point where a whole pass each (as exact
+    pilots needed: five passes) would be most of a coarse grid's cost. The pilot points are
+    not grid values: the grid evaluates them again under the final scale, like any point. The
+    subsets depend only on the seed and the coordinates, so every rank finds the same range,
+    and a resumed run reads the one stored with the file.
     """
 
     def __init__(self, evaluator: PointEvaluator, grid: GridSpec, width: int):
@@ -471,53 +483,62 @@ class _Pilots:
             self.rows[i, 0] = x
             if grid.ndim == 2:
                 self.rows[i, 1] = y
-        self.keys = {self._key(row) for row in self.rows}
-        self.values: dict[tuple, dict[str, torch.Tensor]] = {}
+        self.examples = 0  # forwarded by the rounds, over every split
 
-    @staticmethod
-    def _key(row: torch.Tensor) -> tuple:
-        return tuple(row.to(torch.float64).tolist())
+    def losses(self, key: str, scale: float, target_se: float) -> np.ndarray:
+        """The pilots' ``key`` with every point stopping at standard error ``target_se × scale``
+        (``scale=inf``: the first stage only)."""
+        approximation = self.evaluator.approx
+        saved = approximation.scale, approximation.target_se, approximation.rel_tol
+        approximation.scale, approximation.target_se, approximation.rel_tol = scale, target_se, None
+        try:
+            values = self.evaluator.evaluate(self.rows)
+        finally:
+            approximation.scale, approximation.target_se, approximation.rel_tol = saved
+        self.examples += int(sum(float(values[name].sum()) for name in values if name.endswith("_n")))
+        return values[key].cpu().numpy()
 
-    def exact(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A pilot point's metrics on the whole split (computed once)."""
-        key = self._key(row)
-        if key not in self.values:
-            approximation = self.evaluator.approx
-            scale, approximation.scale = approximation.scale, None  # None: never stop early
-            try:
-                self.values[key] = self.evaluator.evaluate(row[None].to(torch.float64))
-            finally:
-                approximation.scale = scale
-        return self.values[key]
+    def scale(self, key: str, rounds: int = 6) -> float:
+        """The range of ``key`` over the pilot points (see the class docstring)."""
+        target = min(PILOT_SE, 4 * self.evaluator.approx.target_se)
+        scale = _range(self.losses(key, math.inf, target))
+        for _ in range(rounds):
+            if not scale > 0:
+                break
+            found = _range(self.losses(key, scale, target))
+            shrank, scale = found < 0.5 * scale, found
+            if not shrank:
+                break
+        return scale
 
-    def evaluate(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The grid's point function: pilot points from :meth:`exact`, the others approximated."""
-        parts = [self.exact(row) if self._key(row) in self.keys else self.evaluator.evaluate(row[None])
-                 for row in torch.as_tensor(rows)]
-        return {name: torch.cat([p[name].reshape(-1).cpu() for p in parts]) for name in parts[0]}
+
+def _range(losses: np.ndarray) -> float:
+    """max − min of the finite values (their largest magnitude when they do not differ)."""
+    finite = losses[np.isfinite(losses)]
+    scale = float(finite.max() - finite.min()) if finite.size > 1 else 0.0
+    if not scale > 0:
+        scale = float(abs(finite).max()) if finite.size else 1.0
+    return scale
 
 
 def _approximation_scale(evaluator: PointEvaluator, pilots: _Pilots, path, resume: bool, splits) -> dict:
-    """The fast mode's scale: the loss range over the exact centre and corners (or, when resuming,
-    the scale the file was started with, so that the run makes the same choices)."""
+    """The fast mode's scale: the loss range over the centre and corners, estimated on subsets
+    (or, when resuming, the scale the file was started with, so that the run makes the same
+    choices)."""
     approximation = evaluator.approx
     if path is not None and resume and Path(path).is_file():
         stored = SurfaceFile.open(path).attrs.get("approx_scale")
         if stored is not None:
             approximation.scale = float(stored)
     if approximation.scale is None:
-        first = next(iter(splits))
-        losses = np.asarray([float(pilots.exact(row)[f"{first}_loss"][0]) for row in pilots.rows])
-        finite = losses[np.isfinite(losses)]
-        scale = float(finite.max() - finite.min()) if finite.size > 1 else 0.0
-        if not scale > 0:
-            scale = float(abs(finite).max()) if finite.size else 1.0
-        approximation.scale = scale
-        log.info(f"approximate mode: loss range {scale:.4g} over the exact centre and corners; each point "
-                 f"stops when its standard error is at most {approximation.target_se * scale:.3g}")
+        approximation.scale = pilots.scale(f"{next(iter(splits))}_loss")
+        log.info(f"approximate mode: loss range {approximation.scale:.4g} over the centre and corners "
+                 f"(estimated on {pilots.examples} examples); each point stops when its standard error is at "
+                 f"most {approximation.target_se * approximation.scale:.3g}")
     return {"approx": True, "approx_scale": approximation.scale, "target_se": approximation.target_se,
             "approx_rel_tol": approximation.rel_tol if approximation.rel_tol is not None else float("nan"),
-            "approx_start": approximation.start, "approx_seed": approximation.seed}
+            "approx_start": approximation.start, "approx_seed": approximation.seed,
+            "approx_pilot_examples": pilots.examples}
 
 
 def _compile_attrs(choice) -> dict:

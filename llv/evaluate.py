@@ -70,7 +70,8 @@ class Approximation:
     A point's loss is first estimated on ``start`` examples of a seeded random order of the
     split, then on twice as many (the first ones plus the next), and so on, until its
     standard error (finite-population corrected) is at most ``target_se`` × ``scale`` — the
-    range of the surface, measured once before the grid on the exact centre and corners —
+    range of the surface, estimated once before the grid on the centre and corners (on subsets
+    too; see ``llv.api._Pilots``) —
     and, with ``rel_tol``, at most ``rel_tol`` × the loss itself (for log-scale pictures). The
     subset never exceeds the split.
 
@@ -124,7 +125,7 @@ class Approximation:
         small subset whose variance happens to come out low would otherwise stop too early and
         report a standard error smaller than its true error."""
         if self.scale is None:
-            return False  # the exact pilot points: the whole split
+            return False  # no range yet: the whole split
         from scipy.stats import chi2
 
         pessimistic = se * math.sqrt((n - 1) / chi2.ppf(0.05, n - 1)) if n > 1 else float("inf")

@@ -48,20 +48,53 @@ def test_approximate_surface_is_within_its_standard_errors_of_the_exact_one():
     assert "train_acc_se" in fast.values
 
 
-def test_the_exact_pilot_points_are_grid_values_not_evaluated_twice():
-    """The centre and the corners give the range on the whole split; the grid reuses them."""
+def test_the_range_is_estimated_on_subsets_of_the_centre_and_corners():
+    """The scale of target_se is the range over the centre and corners, found on growing subsets
+    (a few per cent off the exact range, for a share of one pass); the corners are then grid
+    points like any other, evaluated again under that scale."""
     model, data = problem()
     seen = []
-    model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
-    fast = llv.surface(model, data, x=(-2, 2, 5), y=(-2, 2, 5), loss="mse", progress=False, approx=True,
-                       target_se=0.02, fold=False, compile="off")
-    n = fast["train_n"]
-    for i, j in ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2)):
-        assert n[i, j] == 3000 and fast["train_loss_se"][i, j] == 0
-    assert sum(seen) == n.sum()  # every example forwarded once per point: pilots not again
-    even = llv.surface(model, data, x=(-2, 2, 4), y=None, loss="mse", progress=False, approx=True,
-                       target_se=0.02, fold=False, compile="off")  # 0 is not a grid point here
-    assert even["train_n"][0] == even["train_n"][-1] == 3000
+    hook = model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    grid = dict(x=(-2, 2, 5), y=(-2, 2, 5), loss="mse", progress=False)
+    fast = llv.surface(model, data, approx=True, target_se=0.005, fold=False, compile="off", **grid)
+    hook.remove()
+    exact = llv.surface(model, data, **grid)["train_loss"]
+    pilots = [exact[0, 0], exact[0, 4], exact[4, 0], exact[4, 4], exact[2, 2]]
+    exact_range = max(pilots) - min(pilots)
+    assert fast.attrs["approx_scale"] == pytest.approx(exact_range, rel=0.1)
+    spent = fast.attrs["approx_pilot_examples"]
+    assert spent == sum(seen) - fast["train_n"].sum()  # the rounds, and the grid once per point
+    assert 5 * 128 <= spent < 2 * 3000  # all five together: under two passes (exact pilots: five)
+    se = fast["train_loss_se"]
+    assert np.all(se <= 0.005 * fast.attrs["approx_scale"] + 1e-12)
+    assert fast["train_n"][0, 4] < 3000 and se[0, 4] > 0  # a corner on a subset, like its neighbours
+
+
+def test_the_pilot_rounds_go_on_while_the_range_shrinks():
+    """A first stage that overstates the range (a few wild examples) is corrected: the next round
+    is held to the range it found, and so on until the range settles."""
+    from llv.api import _Pilots
+    from llv.evaluate import Approximation
+    from llv.grid import GridSpec
+
+    class Losses:
+        """Pilot losses by round: the range shrinks 10 → 4 → 3.5, then holds."""
+        def __init__(self):
+            self.rounds = iter([[0, 10, 1, 1, 1], [0, 4, 1, 1, 1], [0, 3.5, 1, 1, 1]])
+            self.approx = Approximation(target_se=0.01)
+            self.scales = []
+
+        def evaluate(self, rows):
+            self.scales.append(self.approx.scale)
+            losses = torch.tensor(next(self.rounds), dtype=torch.float64)
+            return {"train_loss": losses, "train_n": torch.full((5,), 128.0, dtype=torch.float64)}
+
+    fake = Losses()
+    pilots = _Pilots(fake, GridSpec.of((-1, 1, 3), (-1, 1, 3)), 2)
+    assert pilots.scale("train_loss") == 3.5
+    assert fake.scales == [float("inf"), 10, 4]  # 4 < 10 / 2: once more; 3.5 ≥ 4 / 2: settled
+    assert pilots.examples == 3 * 5 * 128
+    assert fake.approx.scale is None and fake.approx.target_se == 0.01  # restored
 
 
 def test_relative_tolerance_tightens_the_basin():

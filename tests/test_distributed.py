@@ -291,8 +291,8 @@ def test_auto_extent_is_found_once_and_shared_by_every_rank(reference, tmp_path)
 
 @pytest.mark.slow
 def test_fast_mode_gives_the_same_numbers_on_three_ranks(reference, tmp_path):
-    """``eval.approx=true``: every point's subset is seeded by its coordinates, the range by the
-    exact pilots: three ranks give one process's numbers to the bit."""
+    """``eval.approx=true``: every point's subset is seeded by its coordinates, and so are the
+    pilots' that give the range: three ranks give one process's numbers to the bit."""
     fast = [*grid_2d(reference), "eval.approx=true", "eval.target_se=0.05", "eval.approx_start=8"]
     single = surface_task.run(compose("surface", [*overrides(reference, tmp_path / "one", extra=["dist=none"]),
                                                   *fast]))
