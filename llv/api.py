@@ -527,9 +527,10 @@ def _approximation_scale(evaluator: PointEvaluator, pilots: _Pilots, path, resum
     choices)."""
     approximation = evaluator.approx
     if path is not None and resume and Path(path).is_file():
-        stored = SurfaceFile.open(path).attrs.get("approx_scale")
-        if stored is not None:
-            approximation.scale = float(stored)
+        stored = SurfaceFile.open(path).attrs
+        if stored.get("approx_scale") is not None:
+            approximation.scale = float(stored["approx_scale"])
+            pilots.examples = int(stored.get("approx_pilot_examples", 0))
     if approximation.scale is None:
         approximation.scale = pilots.scale(f"{next(iter(splits))}_loss")
         log.info(f"approximate mode: loss range {approximation.scale:.4g} over the centre and corners "

@@ -114,3 +114,5 @@ def test_resumed_and_rechunked_runs_give_the_same_numbers(tmp_path):
     resumed = llv.surface(model, data, path=tmp_path / "s.h5", chunk_points=5, **grid)
     for name in ("train_loss", "train_loss_se", "train_n", "train_acc"):
         np.testing.assert_array_equal(resumed[name], whole[name])
+    for key in ("approx_scale", "approx_pilot_examples"):  # read back, not estimated again
+        assert resumed.attrs[key] == whole.attrs[key]
