@@ -465,12 +465,13 @@ class _Pilots:
     They are estimated the way every point is, on growing seeded subsets, in rounds: first on
     ``eval.approx_start`` examples each, then each until its standard error is at most
     :data:`PILOT_SE` of the previous round's range, again until the range stops shrinking by
-    more than half. Each round re-reads the same seeded orders, so the rounds cost about what
-    the last one costs, a small share of a pass per point where a whole pass each (as exact
-    pilots needed: five passes) would be most of a coarse grid's cost. The pilot points are
-    not grid values: the grid evaluates them again under the final scale, like any point. The
-    subsets depend only on the seed and the coordinates, so every rank finds the same range,
-    and a resumed run reads the one stored with the file.
+    more than half. A round continues the previous one's subsets (the running sums after each
+    stage are kept: :meth:`llv.evaluate.Approximation.remember`), and so does the grid where a
+    pilot is a grid point (the corners always, the centre when 0 is a coordinate): the grid
+    applies its own stopping rule to it, like any point, but no example is forwarded twice.
+    Exact pilots cost five whole passes, most of a coarse fast grid's cost. The subsets depend
+    only on the seed and the coordinates, so every rank finds the same range and the same
+    values, and a resumed run reads the range stored with the file.
     """
 
     def __init__(self, evaluator: PointEvaluator, grid: GridSpec, width: int):
@@ -483,7 +484,8 @@ class _Pilots:
             self.rows[i, 0] = x
             if grid.ndim == 2:
                 self.rows[i, 1] = y
-        self.examples = 0  # forwarded by the rounds, over every split
+        evaluator.approx.remember(self.rows)  # the grid continues the corners' subsets
+        self.reached = np.zeros(len(self.rows))  # examples forwarded at each pilot, every split
 
     def losses(self, key: str, scale: float, target_se: float) -> np.ndarray:
         """The pilots' ``key`` with every point stopping at standard error ``target_se × scale``
@@ -495,8 +497,14 @@ class _Pilots:
             values = self.evaluator.evaluate(self.rows)
         finally:
             approximation.scale, approximation.target_se, approximation.rel_tol = saved
-        self.examples += int(sum(float(values[name].sum()) for name in values if name.endswith("_n")))
+        used = sum(values[name].cpu().numpy() for name in values if name.endswith("_n"))
+        self.reached = np.maximum(self.reached, used)  # a later round continues an earlier one
         return values[key].cpu().numpy()
+
+    @property
+    def examples(self) -> int:
+        """Examples forwarded to estimate the range (over every pilot and split)."""
+        return int(self.reached.sum())
 
     def scale(self, key: str, rounds: int = 6) -> float:
         """The range of ``key`` over the pilot points (see the class docstring)."""
@@ -530,7 +538,8 @@ def _approximation_scale(evaluator: PointEvaluator, pilots: _Pilots, path, resum
         stored = SurfaceFile.open(path).attrs
         if stored.get("approx_scale") is not None:
             approximation.scale = float(stored["approx_scale"])
-            pilots.examples = int(stored.get("approx_pilot_examples", 0))
+            pilots.reached[:] = 0
+            pilots.reached[0] = int(stored.get("approx_pilot_examples", 0))
     if approximation.scale is None:
         approximation.scale = pilots.scale(f"{next(iter(splits))}_loss")
         log.info(f"approximate mode: loss range {approximation.scale:.4g} over the centre and corners "

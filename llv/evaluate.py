@@ -94,6 +94,25 @@ class Approximation:
         self.seed, self.scale, self.batch_size = int(seed), scale, int(batch_size)
         self.joined: dict = {}
         self.sizes: dict = {}
+        self.memos: dict[bytes, list] = {}
+
+    def remember(self, rows) -> None:
+        """Keep the running sums of these points (``(k, D)`` coefficient rows) after each stage,
+        so that evaluating one again, e.g. a pilot point that is also a grid point, continues
+        where the last evaluation stopped instead of forwarding its examples again. Stopping
+        is decided at every stage as before, so the values are those of a fresh evaluation,
+        to the bit."""
+        for split in self.joined:
+            for row in torch.as_tensor(rows):
+                self.memos.setdefault(self._key(split, row.detach().cpu().double().numpy()), [])
+
+    def memo(self, split: str, coefficients) -> list | None:
+        """The stage sums kept for this point (see :meth:`remember`), or None."""
+        return self.memos.get(self._key(split, coefficients)) if self.memos else None
+
+    @staticmethod
+    def _key(split: str, coefficients) -> bytes:
+        return np.asarray(coefficients, dtype=np.float64).tobytes() + split.encode()
 
     def prepare(self, data: Mapping[str, Batches]) -> None:
         from llv.batches import joined_examples
@@ -359,7 +378,15 @@ class PointEvaluator:
             total = squares = correct = correct_squares = 0.0
             n = 0
             population = self.data[split].num_examples
-            for stage in self.approx.stages(split, coefficients[0].detach().cpu().double().numpy()):
+            row = coefficients[0].detach().cpu().double().numpy()
+            memo = self.approx.memo(split, row)
+            for index, stage in enumerate(self.approx.stages(split, row)):
+                if memo is not None and index < len(memo):
+                    total, squares, correct, correct_squares, n = memo[index]
+                    mean, se = subset_mean_and_se(total, squares, n, population)
+                    if self.approx.good_enough(mean, se, n):
+                        break
+                    continue
                 for batch in stage:
                     args, kwargs, targets = split_batch(batch)
                     with self._autocast():
@@ -371,6 +398,8 @@ class PointEvaluator:
                         correct += float(hits.sum())
                         correct_squares += float((hits ** 2).sum())
                     n += int(losses.shape[-1])
+                if memo is not None:
+                    memo.append((total, squares, correct, correct_squares, n))
                 mean, se = subset_mean_and_se(total, squares, n, population)
                 if self.approx.good_enough(mean, se, n):
                     break
