@@ -95,6 +95,7 @@ class Approximation:
         self.joined: dict = {}
         self.sizes: dict = {}
         self.memos: dict[bytes, list] = {}
+        self.bn_stats: dict[bytes, dict | None] = {}  # bn=recompute's statistics, remembered points
 
     def remember(self, rows) -> None:
         """Keep the running sums of these points (``(k, D)`` coefficient rows) after each stage,
@@ -102,9 +103,11 @@ class Approximation:
         where the last evaluation stopped instead of forwarding its examples again. Stopping
         is decided at every stage as before, so the values are those of a fresh evaluation,
         to the bit."""
-        for split in self.joined:
-            for row in torch.as_tensor(rows):
-                self.memos.setdefault(self._key(split, row.detach().cpu().double().numpy()), [])
+        for row in torch.as_tensor(rows):
+            coefficients = row.detach().cpu().double().numpy()
+            self.bn_stats.setdefault(self._key("", coefficients), None)
+            for split in self.joined:
+                self.memos.setdefault(self._key(split, coefficients), [])
 
     def memo(self, split: str, coefficients) -> list | None:
         """The stage sums kept for this point (see :meth:`remember`), or None."""
@@ -370,15 +373,21 @@ class PointEvaluator:
     def _evaluate_subsets(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """One point on growing seeded subsets until its standard error is small enough."""
         params = self.point_tensors(coefficients)
+        row = coefficients[0].detach().cpu().double().numpy()
         if self.bn_data:
-            params.update({n: t[None] for n, t in self.recompute_bn({n: t[0] for n, t in params.items()}).items()})
+            key = self.approx._key("", row)
+            fresh = self.approx.bn_stats.get(key)
+            if fresh is None:
+                fresh = self.recompute_bn({n: t[0] for n, t in params.items()})
+                if key in self.approx.bn_stats:  # a remembered point: recomputed once
+                    self.approx.bn_stats[key] = fresh
+            params.update({n: t[None] for n, t in fresh.items()})
         one = {n: t[0] for n, t in params.items()}
         out = {}
         for split in self.data:
             total = squares = correct = correct_squares = 0.0
             n = 0
             population = self.data[split].num_examples
-            row = coefficients[0].detach().cpu().double().numpy()
             memo = self.approx.memo(split, row)
             for index, stage in enumerate(self.approx.stages(split, row)):
                 if memo is not None and index < len(memo):

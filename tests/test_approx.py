@@ -124,3 +124,25 @@ def test_resumed_and_rechunked_runs_give_the_same_numbers(tmp_path):
         np.testing.assert_array_equal(resumed[name], whole[name])
     for key in ("approx_scale", "approx_pilot_examples"):  # read back, not estimated again
         assert resumed.attrs[key] == whole.attrs[key]
+
+
+def test_recomputed_batchnorm_statistics_are_estimated_once_per_point(tmp_path, monkeypatch):
+    """bn=recompute: a pilot's statistics are kept for its later rounds and its grid point (one
+    re-estimate per point, as without pilots); a resumed run, which re-estimates them afresh,
+    gives the same bits."""
+    from llv.evaluate import PointEvaluator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+    _, data = problem()
+    calls = []
+    recompute = PointEvaluator.recompute_bn
+    monkeypatch.setattr(PointEvaluator, "recompute_bn", lambda self, point: calls.append(1) or recompute(self, point))
+    grid = dict(x=(-1, 1, 3), y=(-1, 1, 3), loss="ce", progress=False, approx=True, target_se=0.01,
+                bn="recompute", compile="off")
+    whole = llv.surface(model, data, **grid)
+    assert len(calls) == 9  # the 5 pilots (all grid points here) and the 4 other points, once each
+    llv.surface(model, data, path=tmp_path / "s.h5", stop_after=4, **grid)
+    resumed = llv.surface(model, data, path=tmp_path / "s.h5", **grid)
+    for name in ("train_loss", "train_loss_se", "train_n", "train_acc"):
+        np.testing.assert_array_equal(resumed[name], whole[name])
