@@ -93,7 +93,9 @@ class Eigenvalues:
         values: the eigenvalues asked for (largest first for ``top``; ``[λmax, λmin]`` for
             ``extremes``).
         vectors: unit eigenvectors (flat, in the operator's parameter order), or None.
-        residuals: ‖Hv − λv‖ / |λ| of each pair, the error estimate.
+        residuals: ‖Hv − λv‖ / |λ| of each pair, the error estimate (an eigenvalue of H lies
+            within it, relative); for ``extremes`` without vectors, v is the refined Ritz
+            vector, the Krylov space's unit vector of smallest residual.
         num_hvp: Hessian-vector products used.
     """
 

@@ -92,11 +92,13 @@ class Hessian:
             raise LlvError(f"tol must be a positive finite number, got {tol}")
         op = self.operator
         if which == "extremes":
-            ends = spectrum_ends(op, 1, 1, tol=tol, seed=seed)
+            ends = spectrum_ends(op, 1, 1, tol=tol, seed=seed, pairs=vectors)
             values = np.array([ends["top"][0], ends["bottom"][0]])
             if not ends["converged"]:
                 values[:] = np.nan
-            residuals = ends["residuals"] if ends["converged"] else None  # the run's own: no product
+            # the run's own (no product): the Ritz pairs' residuals when the vectors are returned,
+            # else the refined bound the stopping test used
+            residuals = ends["residuals" if vectors else "error_bounds"] if ends["converged"] else None
             return Eigenvalues(values, ends["num_hvp"], residuals,
                                ends["vectors"] if vectors else None)
         k = min(int(k), op.n)

@@ -269,6 +269,62 @@ def test_thick_restart_converges_with_a_small_basis(dense_case):
     assert_relative(values, exact[::-1][:2], 1e-8)
 
 
+def test_refined_residual_is_the_smallest_residual_in_the_krylov_space():
+    """The stopping test's bound at θ, the smallest singular value of [T − θI; ‖w‖ eⱼᵀ], equals
+    min ‖(A − θI) y‖ over unit y in span(V), computed densely, for Lanczos on a known matrix,
+    also after thick restarts; and an eigenvalue of A lies within it of θ."""
+    from llv.curvature import _lanczos_ends, _refined_residual
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    spectrum = np.r_[-0.5, -0.49, np.linspace(0, 1, 57), 3.0]  # an end in a cluster
+    a = (q * spectrum) @ q.T
+    v = rng.normal(size=60)
+    basis, t = [v / np.linalg.norm(v)], np.zeros((12, 12))
+    for j in range(12):  # plain Lanczos with full reorthogonalization, in float64
+        w = a @ basis[j]
+        for _ in range(2):
+            c = np.array(basis) @ w
+            w = w - np.array(basis).T @ c
+            t[: j + 1, j] += c
+        t[j, : j + 1] = t[: j + 1, j]
+        basis.append(w / np.linalg.norm(w))
+    v_m, norm = np.array(basis[:12]).T, np.linalg.norm(w)
+    theta = np.linalg.eigvalsh(t)
+    for value in (theta[0], theta[1], theta[-1]):
+        dense = np.linalg.svd((a - value * np.eye(60)) @ v_m, compute_uv=False)[-1]
+        bound = _refined_residual(t, norm, value)
+        assert bound == pytest.approx(dense, rel=1e-8, abs=1e-12)
+        assert np.abs(spectrum - value).min() <= bound * (1 + 1e-9)
+
+    class Dense:  # the matrix as an operator, to run the library's Lanczos with restarts
+        n, dtype, device, num_hvp = 60, torch.float64, torch.device("cpu"), 0
+
+        def matvec(self, x):
+            return torch.from_numpy(a) @ x
+
+    for seed in range(3):
+        values, _, converged, residuals, bounds = _lanczos_ends(Dense(), 1, 1, 1e-4, None, seed, 8, False)
+        assert converged and np.all(bounds <= residuals)
+        for value, bound in zip(values, bounds):
+            assert np.abs(spectrum - value).min() <= bound * (1 + 1e-9)
+            assert bound <= 1e-4 * abs(value)
+
+
+def test_the_refined_bound_stops_no_later_than_the_ritz_residual(dense_case, monkeypatch):
+    """Same Krylov space, a bound never looser: at most the products of the Ritz-residual test,
+    and the values still within tol of the dense Hessian's ends."""
+    import llv.curvature as curvature
+
+    op, hessian = dense_case
+    exact = torch.linalg.eigvalsh(hessian).numpy()
+    sharp = curvature.spectrum_ends(op, 1, 1, tol=1e-6, seed=0, max_basis=10)
+    monkeypatch.setattr(curvature, "_refined_residual", lambda projected, norm, theta: np.inf)
+    plain = curvature.spectrum_ends(op, 1, 1, tol=1e-6, seed=0, max_basis=10)
+    assert sharp["num_hvp"] <= plain["num_hvp"]
+    assert_relative([sharp["top"][0], sharp["bottom"][0]], [exact[-1], exact[0]], 1e-6)
+
+
 def test_unconverged_lanczos_reports_nan():
     model, inputs, targets = mlp_case()
     op = HessianOperator(model, inputs, targets, dtype=torch.float64)
@@ -501,7 +557,8 @@ def test_both_ends_at_tol_1e_3_are_within_tol_of_eigsh_for_every_seed():
         assert ends["converged"]
         assert abs(ends["top"][0] - top) <= 1e-3 * abs(top)
         assert abs(ends["bottom"][0] - bottom) <= 1e-3 * abs(bottom)
-        assert np.all(ends["residuals"] <= 1e-3)  # the run's own residuals, relative
+        assert np.all(ends["error_bounds"] <= 1e-3)  # the stopping test's bounds, relative
+        assert np.all(ends["error_bounds"] <= ends["residuals"])  # never looser than the Ritz pair's
 
 
 def test_curvature_along_is_d_h_d_forward_over_forward(dense_case):
