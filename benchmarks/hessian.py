@@ -432,7 +432,9 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
     seeds_note = (f"median over {len(by_seed)} seeded start vectors (seeds {min(by_seed)}–"
                   f"{max(by_seed)}: " + ", ".join(str(by_seed[k]) for k in sorted(by_seed))
                   + f" products; the worse end's relative error at the stop ≤ "
-                  f"{max(by_seed_errors.values()):.1e} for every seed)")
+                  f"{max(by_seed_errors.values()):.1e} for every seed; the stopping test: "
+                  "an eigenvalue within tol of each value by the refined Ritz vector's residual, "
+                  "never looser than the Ritz pair's)")
     ends_seconds = float(np.median(ratios["ends"]["seconds"]))
     analyse_calls, analysed = runs["analyse"][0]
     product_ratio = analyse_calls / calls
@@ -455,8 +457,9 @@ def ends_and_compute(hessian, exact: dict, repeats: int) -> tuple[list[Target], 
                          f"{errors['min']:.0e}); " + ends_note)
         else:
             ends_note = (f"missed: the stopping test decides: both ends are within 1e-3 after "
-                         f"{oracle} products, but the bound min(r, r²/gap) on λmin's error stays "
-                         f"above tol until {calls}; {slow}; " + ends_note)
+                         f"{oracle} products, but the residual bound on λmin's error (the "
+                         f"refined Ritz vector's) stays above tol until {calls}; {slow}; "
+                         + ends_note)
     compute_note = (f"{analyse_calls} products (the library's count: {counted_by_library}) vs "
                     f"{calls} for `spectrum_ends` alone; CPU time {time_ratio:.2f}× "
                     f"({ends_seconds:.1f} s alone)")
