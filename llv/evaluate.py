@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -108,6 +108,16 @@ class Approximation:
             self.bn_stats.setdefault(self._key("", coefficients), None)
             for split in self.joined:
                 self.memos.setdefault(self._key(split, coefficients), [])
+
+    def bn_statistics(self, coefficients, estimate: Callable[[], dict]) -> dict:
+        """``estimate()`` (bn=recompute's statistics at this point), kept for a remembered point
+        so that it runs once there (see :meth:`remember`)."""
+        key = self._key("", coefficients)
+        if key not in self.bn_stats:
+            return estimate()
+        if self.bn_stats[key] is None:
+            self.bn_stats[key] = estimate()
+        return self.bn_stats[key]
 
     def memo(self, split: str, coefficients) -> list | None:
         """The stage sums kept for this point (see :meth:`remember`), or None."""
@@ -375,12 +385,7 @@ class PointEvaluator:
         params = self.point_tensors(coefficients)
         row = coefficients[0].detach().cpu().double().numpy()
         if self.bn_data:
-            key = self.approx._key("", row)
-            fresh = self.approx.bn_stats.get(key)
-            if fresh is None:
-                fresh = self.recompute_bn({n: t[0] for n, t in params.items()})
-                if key in self.approx.bn_stats:  # a remembered point: recomputed once
-                    self.approx.bn_stats[key] = fresh
+            fresh = self.approx.bn_statistics(row, lambda: self.recompute_bn({n: t[0] for n, t in params.items()}))
             params.update({n: t[None] for n, t in fresh.items()})
         one = {n: t[0] for n, t in params.items()}
         out = {}
