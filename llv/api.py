@@ -534,21 +534,22 @@ def _approximation_scale(evaluator: PointEvaluator, pilots: _Pilots, path, resum
     (or, when resuming, the scale the file was started with, so that the run makes the same
     choices)."""
     approximation = evaluator.approx
+    spent = 0
     if path is not None and resume and Path(path).is_file():
         stored = SurfaceFile.open(path).attrs
         if stored.get("approx_scale") is not None:
             approximation.scale = float(stored["approx_scale"])
-            pilots.reached[:] = 0
-            pilots.reached[0] = int(stored.get("approx_pilot_examples", 0))
+            spent = int(stored.get("approx_pilot_examples", 0))
     if approximation.scale is None:
         approximation.scale = pilots.scale(f"{next(iter(splits))}_loss")
+        spent = pilots.examples
         log.info(f"approximate mode: loss range {approximation.scale:.4g} over the centre and corners "
-                 f"(estimated on {pilots.examples} examples); each point stops when its standard error is at "
+                 f"(estimated on {spent} examples); each point stops when its standard error is at "
                  f"most {approximation.target_se * approximation.scale:.3g}")
     return {"approx": True, "approx_scale": approximation.scale, "target_se": approximation.target_se,
             "approx_rel_tol": approximation.rel_tol if approximation.rel_tol is not None else float("nan"),
             "approx_start": approximation.start, "approx_seed": approximation.seed,
-            "approx_pilot_examples": pilots.examples}
+            "approx_pilot_examples": spent}
 
 
 def _compile_attrs(choice) -> dict:
