@@ -360,10 +360,7 @@ def _sums_in_place(module: torch.fx.GraphModule) -> int:
             args = (b, a)
         else:
             continue
-        with graph.inserting_after(node):
-            replacement = graph.call_function(_add_into, args)
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+        _replace(graph, node, _add_into, args)
         rewritten += 1
     return rewritten
 
@@ -384,13 +381,17 @@ def _activations_in_place(module: torch.fx.GraphModule) -> int:
             continue
         if not _is_fresh(module, node.args[0]):
             continue
-        source = node.args[0]
-        with graph.inserting_after(node):
-            replacement = graph.call_function(torch.relu_, (source,))
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+        _replace(graph, node, torch.relu_, (node.args[0],))
         rewritten += 1
     return rewritten
+
+
+def _replace(graph: torch.fx.Graph, node, function: Callable, args: tuple) -> None:
+    """Put a call of ``function`` on ``args`` where ``node`` was, for every user of it."""
+    with graph.inserting_after(node):
+        replacement = graph.call_function(function, args)
+    node.replace_all_uses_with(replacement)
+    graph.erase_node(node)
 
 
 def _rank_recorder(ranks: dict[str, int], name: str):
