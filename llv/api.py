@@ -665,7 +665,7 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
                                       ignore=ignore)
     base_h = Hessian(model, data, loss=loss, batch_size=batch_size, dtype=dtype)
     base = dict(zip(space.names, space.values(model)))
-    points = PointMap(space, base, directions.flat(), base_h.operator.device)
+    points = PointMap(space, base, directions.flat(), base_h.operator.device, base_h.operator.dtype)
     metrics = ["max_eig", "min_eig", f"{split}_loss", "num_hvp"]
     from llv.curvature import HessianOperator, spectrum_ends
 

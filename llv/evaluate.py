@@ -53,14 +53,18 @@ def subset_mean_and_se(total: float, squares: float, n: int, population: int) ->
 
     >>> subset_mean_and_se(6.0, 14.0, 3, 3)
     (2.0, 0.0)
-    >>> round(subset_mean_and_se(6.0, 14.0, 3, 5)[1], 6)  # sqrt(1/3 * (5-3)/(5-1))
-    0.408248
+    >>> round(subset_mean_and_se(6.0, 14.0, 3, 5)[1], 6)  # sqrt(s²/n · (1 − n/N)) = sqrt(1/3 · 2/5)
+    0.365148
+
+    The sample variance s² (divisor n − 1) is unbiased for the population's S² (divisor
+    N − 1), and Var(mean) = S²/n · (1 − n/N) (Cochran, *Sampling Techniques*, 2.8), so the
+    squared standard error is unbiased for the mean's variance.
     """
     import math
 
     mean = total / n
     variance = max(squares - n * mean * mean, 0.0) / max(n - 1, 1)
-    correction = (population - n) / (population - 1) if population > 1 else 0.0
+    correction = (population - n) / population if population > 0 else 0.0
     return mean, math.sqrt(max(variance / n * correction, 0.0))
 
 

@@ -248,9 +248,12 @@ def operator_objective(make_operator: Callable, base) -> tuple[LossAndGradient, 
 
 def random_direction_losses(model, make_operator: Callable, radius: float, count: int, *,
                             seed: int = 0, norm: str = "filter", ignore: str = "biasbn",
-                            type: str = "weights", device=None) -> dict:
+                            type: str = "weights", device=None, dtype: torch.dtype | None = None) -> dict:
     """L(θ ± r d_k) on the Hessian's loss for the K random directions ``llv surface`` would draw
-    with ``direction.seed = seed, …, seed + K − 1`` (and the same ``norm``, ``ignore``, ``type``)."""
+    with ``direction.seed = seed, …, seed + K − 1`` (and the same ``norm``, ``ignore``, ``type``).
+
+    θ ± r d_k is formed in ``dtype``, the operator's own precision by default (a float64
+    operator must not see points rounded to float32: the increases are tiny differences)."""
     from llv import direction as dirs
     from llv.evaluate import PointMap
     from llv.params import ParameterSpace
@@ -262,7 +265,8 @@ def random_direction_losses(model, make_operator: Callable, radius: float, count
     made = dirs.make_random(space, values, ndim=1, seed=int(seed), norm=norm, ignore=ignore,
                             ensemble=int(count))
     device = device if device is not None else values[0].device
-    points = PointMap(space, dict(zip(space.names, values)), made.flat(), device)
+    dtype = dtype if dtype is not None else make_operator(None).dtype
+    points = PointMap(space, dict(zip(space.names, values)), made.flat(), device, dtype)
     losses = np.empty((2, count))
     for k in range(count):
         for side, sign in enumerate((1.0, -1.0)):
@@ -289,7 +293,8 @@ def measure_point(make_operator: Callable, model, splits: dict, *, eps: float = 
     steps, restarts = int(steps), int(restarts)
     seconds = {}
     start = time.perf_counter()
-    objective, theta, loss = operator_objective(make_operator, make_operator(None))
+    base = make_operator(None)
+    objective, theta, loss = operator_objective(make_operator, base)
     box = epsilon_sharpness(objective, theta, float(eps), steps, restarts, seed, loss)
     seconds["epsilon_sharpness"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -298,7 +303,7 @@ def measure_point(make_operator: Callable, model, splits: dict, *, eps: float = 
     start = time.perf_counter()
     along = random_direction_losses(model, make_operator, float(radius), int(directions),
                                     seed=direction_seed, norm=norm, ignore=ignore, type=type,
-                                    device=device)
+                                    device=device, dtype=base.dtype)
     increase = direction_increase(loss, along["plus"], along["minus"])
     seconds["direction_increase"] = time.perf_counter() - start
     return {

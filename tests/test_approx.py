@@ -22,9 +22,20 @@ def test_the_finite_population_correction_is_zero_for_the_whole_split():
     values = np.random.default_rng(0).normal(size=50)
     mean, se = subset_mean_and_se(values.sum(), (values**2).sum(), 50, 50)
     assert mean == pytest.approx(values.mean()) and se == 0.0
-    _, se_half = subset_mean_and_se(values[:25].sum(), (values[:25] ** 2).sum(), 25, 50)
-    plain = values[:25].std(ddof=1) / np.sqrt(25)
-    assert se_half == pytest.approx(plain * np.sqrt(25 / 49))
+
+
+def test_the_squared_standard_error_is_unbiased_over_every_subset():
+    # all 56 subsets of 3 from a population of 8: the mean of se² is the subset mean's variance
+    import itertools
+
+    population = np.random.default_rng(0).normal(size=8)
+    means, squared = [], []
+    for subset in itertools.combinations(population, 3):
+        values = np.array(subset)
+        mean, se = subset_mean_and_se(values.sum(), (values**2).sum(), 3, 8)
+        means.append(mean)
+        squared.append(se**2)
+    assert np.mean(squared) == pytest.approx(np.var(means), rel=1e-12)
 
 
 def test_approximate_surface_is_within_its_standard_errors_of_the_exact_one():

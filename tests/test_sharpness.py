@@ -328,3 +328,44 @@ def test_report_reads_a_real_point_file_and_labels_it_by_checkpoint(tiny_point):
     assert row.label == f"{Path(str(attrs['checkpoint'])).parent.name}/tiny"
     for key in COLUMNS:
         assert row.values[key] == pytest.approx(float(attrs[key]))
+
+
+def _float64_net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    x = torch.randn(20, 2, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    with torch.no_grad():  # weights with more bits than float32 holds
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 1e-3 / 3)
+    return net, (x, y)
+
+
+def test_float64_points_are_formed_in_float64():
+    # θ ± r d and a Hessian map's points are formed in the operator's precision: a float64 net
+    # seen through float32 points gets increases of 1e-7 wrong by percents
+    import llv
+    from llv.curvature import HessianOperator
+    from llv.sharpness import random_direction_losses
+
+    net, data = _float64_net()
+    base = llv.hessian(net, data, dtype=torch.float64).operator
+    along = random_direction_losses(net, lambda s=None: base if s is None else HessianOperator.like(base, s),
+                                    1e-3, 1, seed=0)
+    direction = llv.directions(net, kind="random", ndim=1, seed=0, norm="filter").flat()[0].double()
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    def loss_at(flat):
+        state, offset = {}, 0
+        for name, p in net.named_parameters():
+            state[name] = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return float(torch.nn.functional.cross_entropy(torch.func.functional_call(net, state, (data[0],)), data[1]))
+
+    plus, minus = loss_at(theta + 1e-3 * direction), loss_at(theta - 1e-3 * direction)
+    assert along["plus"][0] == pytest.approx(plus, rel=1e-10)
+    assert along["minus"][0] == pytest.approx(minus, rel=1e-10)
+
+    centre = llv.hessian_map(net, data, x=(0, 0, 1), y=None, tol=1e-10, dtype=torch.float64, progress=False)
+    top = llv.hessian(net, data, dtype=torch.float64).eigenvalues(1, "extremes", tol=1e-10).values
+    assert float(np.ravel(centre["max_eig"])[0]) == pytest.approx(float(top[0]), rel=1e-11)
