@@ -4,6 +4,12 @@
 ``type="states"`` perturbs every floating entry of ``state_dict()`` (in its order), so BatchNorm
 running statistics move too. Integer entries (``num_batches_tracked``) keep their place in the
 order, as in the reference implementation's direction files, but are never perturbed.
+
+A tensor registered under several names (tied weights, e.g. a language model's embedding and
+output layer) appears once, under its first name, as in ``named_parameters()``: the
+``state_dict`` lists every alias, but ``torch.func.functional_call`` takes a tied tensor
+under one name only. Another model's or a checkpoint's values are read by that first name.
+0-dim tensors (a learnable temperature, a scalar buffer) are entries of one element.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ class ParameterSpace:
         if type == "weights":
             entries = [(n, p) for n, p in model.named_parameters()]
         elif type == "states":
-            entries = list(model.state_dict().items())
+            entries = _unique_state(model)
         else:
             raise LlvError(f"unknown direction.type '{type}'; valid: {', '.join(DIRECTION_TYPES)}")
         return cls(type, [n for n, _ in entries], [t.shape for _, t in entries],
@@ -58,6 +64,24 @@ class ParameterSpace:
         """Detached copies of the model's tensors in this space's order."""
         state = model.state_dict()
         return [state[n].detach().clone() for n in self.names]
+
+
+def _unique_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``state_dict()``'s entries with each tied tensor once, under its first name.
+
+    >>> net = nn.Sequential(nn.Embedding(4, 2), nn.Linear(2, 4, bias=False))
+    >>> net[1].weight = net[0].weight
+    >>> [name for name, _ in _unique_state(net)]
+    ['0.weight']
+    """
+    seen, entries = set(), []
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if isinstance(tensor, torch.Tensor):
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+        entries.append((name, tensor))
+    return entries
 
 
 def values_of(other, space: ParameterSpace) -> list[torch.Tensor]:
@@ -91,7 +115,7 @@ def unflatten(space: ParameterSpace, vector: torch.Tensor) -> dict[str, torch.Te
         if not floating:
             continue
         size = int(torch.Size(shape).numel())
-        out[name] = vector[..., start:start + size].reshape(*batch, *shape)
+        out[name] = vector[..., start:start + size].reshape(tuple(batch) + tuple(shape))
         start += size
     if start != vector.shape[-1]:
         raise ValueError(f"vector has {vector.shape[-1]} entries, the space {start}")
