@@ -89,6 +89,19 @@ def split_batch(batch) -> tuple[tuple, dict, object]:
     raise LlvError(f"a batch must be a tuple (inputs, targets) or a dict, not {type(batch).__name__}")
 
 
+def per_example_values(function, outputs, batch, what: str = "loss") -> Tensor:
+    """``function(outputs, batch)`` — a user's loss or accuracy — checked to hold one value per
+    example of ``batch``: a scalar or another length would be averaged into a wrong number."""
+    values = function(outputs, batch)
+    size = batch_size_of(batch)
+    if not torch.is_tensor(values) or values.dim() != 1 or values.shape[0] != size:
+        got = f"shape {tuple(values.shape)}" if torch.is_tensor(values) else f"a {type(values).__name__}"
+        hint = " (use reduction='none')" if torch.is_tensor(values) and values.dim() == 0 else ""
+        raise LlvError(f"the {what} callable must return a tensor of one value per example, shape "
+                       f"({size},), for a batch of {size}; it returned {got}{hint}")
+    return values
+
+
 def batch_size_of(batch) -> int:
     """Examples in a batch: the length of its targets (or of its first tensor)."""
     args, kwargs, targets = split_batch(batch)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llv.batches import as_batches, batch_size_of, pieces, split_batch
+from llv.batches import as_batches, batch_size_of, per_example_values, pieces, split_batch
 from llv.losses import check_loss, per_example_loss
 from llv.params import ParameterSpace, eval_mode, flatten, unflatten
 
@@ -196,7 +196,7 @@ class HessianOperator:
         args, kwargs, targets = split_batch(batch)
         outputs = torch.func.functional_call(self.model, {**self._fixed, **params}, args, kwargs)
         if callable(self._loss):
-            return torch.as_tensor(self._loss(outputs, batch)).sum()
+            return per_example_values(self._loss, outputs, batch).sum()
         return per_example_loss(outputs, targets, self._loss).sum()
 
     def loss_value(self) -> float:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from llv.batches import as_split_batches, split_batch, to_device
+from llv.batches import as_split_batches, per_example_values, split_batch, to_device
 from llv.console import log
 from llv.errors import LlvError
 from llv.losses import check_loss, per_example_loss
@@ -362,7 +362,7 @@ def _save_state(folder: Path, epoch: int, state: dict) -> Path:
 
 def _batch_loss(outputs, batch, loss) -> torch.Tensor:
     if callable(loss):
-        return torch.as_tensor(loss(outputs, batch)).mean()
+        return per_example_values(loss, outputs, batch).mean()
     return per_example_loss(outputs, split_batch(batch)[2], loss).mean()
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from llv.batches import Batches, split_batch
+from llv.batches import Batches, per_example_values, split_batch
 from llv.errors import LlvError
 from llv.losses import check_loss, has_accuracy, per_example_correct, per_example_loss
 from llv.params import ParameterSpace, eval_mode, flatten, full_state, unflatten
@@ -432,8 +432,8 @@ class PointEvaluator:
 
     def _per_example(self, outputs, batch, targets, split: str, vmapped: bool):
         if callable(self.loss):
-            losses = torch.as_tensor(self.loss(outputs, batch)).double().reshape(1, -1)
-            hits = (torch.as_tensor(self.accuracy(outputs, batch)).double().reshape(1, -1)
+            losses = per_example_values(self.loss, outputs, batch).double().reshape(1, -1)
+            hits = (per_example_values(self.accuracy, outputs, batch, "accuracy").double().reshape(1, -1)
                     if self.accuracy is not None else None)
             return losses, hits
         losses = per_example_loss(outputs, targets, self.loss).double()

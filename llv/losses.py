@@ -99,7 +99,12 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 def check_loss(loss) -> None:
-    """One line for a loss that is neither a known name nor a callable."""
+    """One line for a loss that is neither a known name nor a callable of llv's signature."""
+    if isinstance(loss, torch.nn.modules.loss._Loss):
+        raise LlvError(f"loss={type(loss).__name__}(): torch's loss modules take (input, target) and "
+                       "reduce over the batch; llv calls loss(outputs, batch) and needs one value per "
+                       "example, e.g. loss=lambda outputs, batch: F.mse_loss(outputs, batch[1], "
+                       "reduction='none').mean(-1), or a named loss: " + ", ".join(LOSSES))
     if callable(loss):
         return
     if loss not in LOSSES:
@@ -113,9 +118,27 @@ def per_example_loss(outputs, targets: Tensor, loss: str = "ce") -> Tensor:
     logits = logits_of(outputs)
     if targets.is_floating_point() and loss == "ce":
         raise LlvError("loss=ce needs integer class targets; use loss=mse for float targets")
+    if targets.is_floating_point():
+        logits, targets = _matching_values(logits, targets)
     # float targets (N, [T,] C) carry the class dimension last; class indices do not
     index_shaped = targets[..., 0] if targets.is_floating_point() else targets
     return _reduce_tokens(LOSSES[loss](logits, targets), index_shaped)
+
+
+def _matching_values(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Float targets and outputs with the same trailing shape, one value per example given as
+    ``(B,)`` or ``(B, 1)`` on either side; anything else would broadcast into wrong numbers."""
+    if targets.dim() == 1:
+        targets = targets[:, None]
+    if (targets.dim() == 2 and targets.shape[1] == 1 and logits.shape[-1:] == targets.shape[:1]
+            and logits.shape[-2:] != targets.shape):
+        logits = logits[..., None]  # outputs (B,): one value per example
+    if logits.shape[logits.dim() - targets.dim():] != targets.shape:
+        raise LlvError(f"loss=mse: the model's outputs {tuple(logits.shape)} do not match the float "
+                       f"targets {tuple(targets.shape)} (expected outputs ending in "
+                       f"{tuple(targets.shape)}); pass loss=<callable (outputs, batch) -> per-example "
+                       "losses> for another pairing")
+    return logits, targets
 
 
 def per_example_correct(outputs, targets: Tensor) -> Tensor:
