@@ -27,7 +27,7 @@ from llv.engine import LoopStats, run_grid
 from llv.errors import LlvError
 from llv.evaluate import PRECISIONS, PointEvaluator, PointMap
 from llv.grid import GridSpec, coefficient_rows
-from llv.params import ParameterSpace, flatten, values_of
+from llv.params import ParameterSpace, flatten, state_digest, values_of
 from llv.results import Surface
 from llv.spectrum import Hessian
 from llv.storage.surface import SurfaceFile
@@ -368,6 +368,8 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     before = flatten(space, space.values(model))
     if evaluator.variance_floors:
         run_attrs.update(_floored_range(evaluator, grid, directions.ensemble))
+    if path is not None and "checkpoint_sha256" not in run_attrs:
+        run_attrs["model_sha256"] = state_digest(model)  # a resume must continue the same model
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
     file, stats = run_points(evaluator.evaluate, grid, directions, evaluator.metrics,
                              comm=comm, path=path, resume=resume, attrs=run_attrs, provenance=provenance,
@@ -707,6 +709,8 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
                  "hvp_seconds": estimate["hvp_seconds"],
                  "llv_version": __version__, "seconds": 0.0, "ensemble": directions.ensemble,
                  **extent_attrs, **dict(attrs or {})}
+    if path is not None and "checkpoint_sha256" not in run_attrs:
+        run_attrs["model_sha256"] = state_digest(model)
     provenance = {k: v for k, v in run_attrs.items() if k.endswith("_sha256")}
     file, stats = run_points(point_function, grid, directions, metrics, comm=comm, path=path,
                              resume=resume, attrs=run_attrs, provenance=provenance,

@@ -101,6 +101,24 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``model`` (names, dtypes, shapes and bytes): a
+    resumed result file must come from the same model, not only the same directions.
+
+    >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+    >>> state_digest(a) == state_digest(a), state_digest(a) == state_digest(b)
+    (True, False)
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in full_state(model).items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def flatten(space: ParameterSpace, tensors: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate the perturbed tensors of ``tensors`` (aligned with ``space.names``) into 1-D."""
     parts = [t.reshape(-1) for t, f in zip(tensors, space.floating) if f]

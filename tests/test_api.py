@@ -279,6 +279,23 @@ def test_resume_through_the_api_equals_one_run(tmp_path):
         llv.surface(model, (inputs, targets), seed=9, **grid)
 
 
+def test_a_resume_with_another_model_is_refused(tmp_path):
+    # dlayer directions do not depend on the weights, so only the model's own digest tells
+    model, inputs, targets = small_problem()
+    grid = dict(x=(-1, 1, 3), y=(-1, 1, 3), progress=False, norm="dlayer", path=tmp_path / "s.h5")
+    llv.surface(model, (inputs, targets), stop_after=4, **grid)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).mul_(3)
+    with pytest.raises(LlvError, match="model sha256 differs"):
+        llv.surface(other, (inputs, targets), **grid)
+    assert llv.surface(model, (inputs, targets), **grid).complete  # the same model resumes
+    kept = dict(x=(-1, 1, 3), y=None, progress=False, norm="dlayer", path=tmp_path / "h.h5")
+    llv.hessian_map(model, (inputs, targets), stop_after=1, **kept)
+    with pytest.raises(LlvError, match="model sha256 differs"):
+        llv.hessian_map(other, (inputs, targets), **kept)
+
+
 # ---------------------------------------------------------------------------- layering
 
 
