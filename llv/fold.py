@@ -12,9 +12,11 @@ perturbed or re-estimated running statistics with ``direction.type=states`` or B
 recomputation), so the folded forward is exact at every point, not only at the centre.
 
 :class:`FoldedForward` finds the pairs with ``torch.fx`` and never guesses: a model it cannot
-trace, or a pattern it cannot prove (a BN fed by an addition, a conv whose output goes
-elsewhere too, a layer called twice, a weight shared with another module) stays unfolded, and
-:meth:`FoldedForward.explain` says why. The model passed in is never modified.
+copy or trace, or a pattern it cannot prove (a BN fed by an addition, a conv whose output goes
+elsewhere too, a layer called twice, a weight shared with another module, a layer or BN with
+forward hooks, a pruned or parametrized weight) stays unfolded, and
+:meth:`FoldedForward.explain` says why. A module with forward hooks is never rewritten, so its
+hooks run and see the values they would see unfolded. The model passed in is never modified.
 
 Two helpers choose the rest of the fast path at set-up: :func:`choose_memory_format` times one
 batch in both layouts (``channels_last`` is faster on many CPUs, not all), and
@@ -44,6 +46,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.utils.parametrize
+import torch.nn.utils.prune
 from torch import nn
 from torch.func import functional_call
 
@@ -103,7 +107,8 @@ class FoldedForward:
     Attributes:
         folded_pairs: the pairs that are folded.
         not_folded: BatchNorm name (or ``"*"`` for the whole model) -> why it stays unfolded.
-        module: the module that runs: the folded copy, or the eval-mode copy if nothing folds.
+        module: the module that runs: the folded copy, or the eval-mode copy if nothing folds
+            (the model itself if it cannot be copied; it then runs in eval mode, unfolded).
         inplace_activations: how many ReLUs of the folded copy run in place (their input is a
             new tensor nothing else reads; the values are the same to the bit).
         inplace_sums: how many sums ``a + b`` are written into an operand that is such a new
@@ -118,20 +123,32 @@ class FoldedForward:
 
     def __init__(self, model: nn.Module, example_args: tuple | None = None,
                  example_kwargs: Mapping | None = None):
-        self._reference = copy.deepcopy(model).eval()
-        self._defaults = _full_state(self._reference)
-        self._names = list(self._defaults)
         self.not_folded: dict[str, str] = {}
         self._folds: list[_Fold] = []
         self.inplace_activations = self.inplace_sums = self.fused_convs = 0
         self.not_fused = ""
         self._traced: torch.fx.GraphModule | None = None
+        #: set when the model cannot be copied: it then runs as it is, unfolded, in eval mode
+        self._original: nn.Module | None = None
         try:
-            self._traced = torch.fx.symbolic_trace(self._reference)
-        except Exception as error:  # any tracing failure: run unfolded, say why
-            message = " ".join(str(error).split())[:200]
-            self.not_folded["*"] = (f"torch.fx cannot trace the model ({type(error).__name__}: "
-                                    f"{message}); nothing is folded")
+            self._reference = copy.deepcopy(model).eval()
+        except Exception as error:  # e.g. a pruned module's weight before any forward
+            self._reference = self._original = model
+            self.not_folded["*"] = (f"the model cannot be copied ({_error(error)}); it runs "
+                                    f"unfolded, as it is")
+        self._defaults = _full_state(self._reference)
+        self._names = list(self._defaults)
+        if "*" not in self.not_folded and _global_forward_hooks():
+            self.not_folded["*"] = "global forward hooks are registered on all modules; nothing is folded"
+        if "*" not in self.not_folded:
+            try:
+                self._traced = torch.fx.symbolic_trace(self._reference)
+            except Exception as error:  # any tracing failure: run unfolded, say why
+                self.not_folded["*"] = f"torch.fx cannot trace the model ({_error(error)}); nothing is folded"
+        if self._traced is not None:
+            self.not_folded.update(_hooks_traced_through(self._reference, self._traced))
+        if "*" in self.not_folded:
+            self._traced = None
         if self._traced is not None:
             self._folds = self._find_pairs(self._traced)
         self.module: nn.Module = self._reference
@@ -149,6 +166,10 @@ class FoldedForward:
         return [f.pair for f in self._folds if not f.rank_to_check]
 
     def __call__(self, state: Mapping[str, torch.Tensor], *args, **kwargs):
+        if self._original is not None:
+            return self._call_original(state, args, kwargs)
+        if self._folds and _global_forward_hooks():  # registered since set-up: they must see the
+            return functional_call(self._reference, dict(state), args, kwargs)  # unfolded modules
         if any(f.rank_to_check for f in self._folds):
             # the first call runs unfolded and proves (or drops) the shape-dependent pairs
             return self._check_ranks(state, args, kwargs)
@@ -232,6 +253,9 @@ class FoldedForward:
     def _why_not(node, modules, calls, read_directly, shared) -> str:
         """Why the BatchNorm call ``node`` cannot be folded into its input layer ('' if it can)."""
         name, norm = node.target, modules[node.target]
+        why = _why_computed(name, norm) or _why_hooked("it", norm)
+        if why:
+            return why
         if type(norm) not in BATCH_NORMS:
             return f"a {type(norm).__name__}, not one of {', '.join(t.__name__ for t in BATCH_NORMS)}"
         if calls[name] > 1:
@@ -245,6 +269,9 @@ class FoldedForward:
         if not isinstance(source, torch.fx.Node) or source.op != "call_module":
             return f"its input is {_describe(source)}, not the output of a convolution or linear layer"
         layer_name, layer = source.target, modules[source.target]
+        why = _why_computed(layer_name, layer) or _why_hooked(layer_name, layer)
+        if why:
+            return why
         if type(layer) not in FOLDABLE:
             return (f"its input comes from {layer_name} ({type(layer).__name__}), not an exact "
                     f"{', '.join(t.__name__ for t in FOLDABLE)}")
@@ -258,6 +285,11 @@ class FoldedForward:
         if len(source.users) > 1:
             others = sorted(_describe(u) for u in source.users if u is not node)
             return f"the output of {layer_name} is also used by {', '.join(others)}"
+        for module_name, module, tensors in ((layer_name, layer, ("weight", "bias")),
+                                             (name, norm, ("weight", "bias", "running_mean", "running_var"))):
+            for tensor in tensors:
+                if getattr(module, tensor, None) is not None and not _registered(module, tensor):
+                    return f"{module_name}.{tensor} is not a registered parameter or buffer"
         for module in (layer_name, name):
             if module in read_directly:
                 return f"forward reads the tensors of {module} directly"
@@ -271,7 +303,13 @@ class FoldedForward:
         if not self._folds:
             self.module, self._folded_names = self._reference, self._names
             return
-        folded = copy.deepcopy(self._traced)
+        try:
+            folded = copy.deepcopy(self._traced)
+        except Exception as error:  # the traced copy cannot be copied again: run unfolded
+            self.not_folded["*"] = f"the traced model cannot be copied ({_error(error)}); nothing is folded"
+            self._folds = []
+            self.module, self._folded_names = self._reference, self._names
+            return
         graph = folded.graph
         by_name = {n.target: n for n in graph.nodes if n.op == "call_module"}
         for fold in self._folds:
@@ -303,10 +341,10 @@ class FoldedForward:
         hooks = []
         for fold in self._folds:
             if fold.rank_to_check:
-                layer = self._traced.get_submodule(fold.pair.layer)
+                layer = self._reference.get_submodule(fold.pair.layer)
                 hooks.append(layer.register_forward_hook(_rank_recorder(ranks, fold.pair.layer)))
-        try:
-            output = functional_call(self._traced, dict(state), args, kwargs)
+        try:  # the eval-mode copy itself: every hook of the model runs as registered
+            output = functional_call(self._reference, dict(state), args, kwargs)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -322,6 +360,85 @@ class FoldedForward:
         self._folds = kept
         self._build()
         return output
+
+    def _call_original(self, state, args, kwargs):
+        """The model that could not be copied, unfolded, in eval mode; its modes and the tensors
+        its hooks store as plain attributes (a pruned module's ``weight``) are restored after."""
+        modules = list(self._original.modules())
+        modes = [m.training for m in modules]
+        stored = [(m, key, value) for m in modules for key, value in vars(m).items()
+                  if isinstance(value, torch.Tensor)]
+        self._original.eval()
+        try:
+            return functional_call(self._original, dict(state), args, kwargs)
+        finally:
+            for module, training in zip(modules, modes):
+                module.training = training
+            for module, key, value in stored:
+                setattr(module, key, value)
+
+
+def _error(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def _forward_hook_kinds(module: nn.Module) -> list[str]:
+    """The kinds of forward hooks on ``module`` (any of them changes or sees what it computes;
+    backward hooks do not matter in eval)."""
+    kinds = []
+    if any(getattr(module, a, None) for a in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")):
+        kinds.append("forward pre-hooks")
+    if any(getattr(module, a, None) for a in ("_forward_hooks", "_forward_hooks_with_kwargs",
+                                              "_forward_hooks_always_called")):
+        kinds.append("forward hooks")
+    return kinds
+
+
+def _has_forward_hooks(module: nn.Module) -> bool:
+    return bool(_forward_hook_kinds(module))
+
+
+def _global_forward_hooks() -> bool:
+    """Whether forward hooks for every module are registered (``register_module_forward_hook``)."""
+    hooks = torch.nn.modules.module
+    return any(getattr(hooks, a, None) for a in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                 "_global_forward_hooks_with_kwargs",
+                                                 "_global_forward_hooks_always_called"))
+
+
+def _why_hooked(name: str, module: nn.Module) -> str:
+    kinds = _forward_hook_kinds(module)
+    return f"{name} has {' and '.join(kinds)} (folding would change what they see)" if kinds else ""
+
+
+def _why_computed(name: str, module: nn.Module) -> str:
+    """Why a tensor of ``module`` is computed at each call ('' if none is): pruned or parametrized."""
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        tensors = ", ".join(module.parametrizations)
+        return f"{name} is parametrized (torch.nn.utils.parametrize): its {tensors} is computed at each call"
+    if torch.nn.utils.prune.is_pruned(module):
+        tensors = ", ".join(sorted({h._tensor_name for h in module._forward_pre_hooks.values()
+                                    if isinstance(h, torch.nn.utils.prune.BasePruningMethod)}))
+        return f"{name} is pruned (torch.nn.utils.prune): a hook computes its {tensors} at each call"
+    return ""
+
+
+def _registered(module: nn.Module, name: str) -> bool:
+    """Whether ``module.<name>`` is the parameter or buffer registered under that exact name."""
+    value = getattr(module, name)
+    return module._parameters.get(name) is value or module._buffers.get(name) is value
+
+
+def _hooks_traced_through(model: nn.Module, traced: torch.fx.GraphModule) -> dict[str, str]:
+    """``{"*": why}`` if a module that torch.fx traces through (the model itself, a container, a
+    block) has forward hooks: the traced copy would drop them or run them once on proxies."""
+    called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    for name, module in model.named_modules():
+        if name not in called and _has_forward_hooks(module):
+            where = f"module {name}" if name else "the model itself"
+            return {"*": f"{where} has {' and '.join(_forward_hook_kinds(module))}, and torch.fx "
+                         f"traces through it; nothing is folded"}
+    return {}
 
 
 def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -353,7 +470,8 @@ _FRESH_FUNCTIONS = (operator.add, torch.add, _add_into)
 def _is_fresh(module: torch.fx.GraphModule, node) -> bool:
     """Whether ``node`` is a new tensor (a conv, linear or BN output, or a sum) with one user."""
     return isinstance(node, torch.fx.Node) and len(node.users) == 1 and (
-        (node.op == "call_module" and type(module.get_submodule(node.target)) in _FRESH_MODULES)
+        (node.op == "call_module" and type(module.get_submodule(node.target)) in _FRESH_MODULES
+         and not _has_forward_hooks(module.get_submodule(node.target)))
         or (node.op == "call_function" and node.target in _FRESH_FUNCTIONS and not node.kwargs))
 
 
@@ -386,7 +504,8 @@ def _activations_in_place(module: torch.fx.GraphModule) -> int:
     """
     graph, rewritten = module.graph, 0
     for node in list(graph.nodes):
-        is_module = node.op == "call_module" and type(module.get_submodule(node.target)) is nn.ReLU
+        is_module = (node.op == "call_module" and type(module.get_submodule(node.target)) is nn.ReLU
+                     and not _has_forward_hooks(module.get_submodule(node.target)))
         is_function = node.op == "call_function" and node.target in (torch.relu, nn.functional.relu)
         if not (is_module or is_function) or len(node.args) != 1 or set(node.kwargs) - {"inplace"}:
             continue
@@ -421,7 +540,8 @@ def _fuse_conv_activations(module: torch.fx.GraphModule) -> int:
                 and not source.kwargs):
             continue
         conv = module.get_submodule(source.target)
-        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        if (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+                or _has_forward_hooks(conv)):
             continue
         with graph.inserting_before(source):
             weight = graph.get_attr(f"{source.target}.weight")
