@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from llv import direction as dirs
-from llv.batches import Batches, as_split_batches
+from llv.batches import Batches, as_split_batches, split_batch, to_device
 from llv.console import log, print_table, shows_output
 from llv.engine import LoopStats, run_grid
 from llv.errors import LlvError
 from llv.evaluate import PRECISIONS, PointEvaluator, PointMap
 from llv.grid import GridSpec, coefficient_rows
-from llv.params import ParameterSpace, flatten, state_digest, values_of
+from llv.params import ParameterSpace, eval_mode, flatten, full_state, state_digest, values_of
 from llv.results import Surface
 from llv.spectrum import Hessian
 from llv.storage.surface import SurfaceFile
@@ -297,13 +297,14 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     """
     _check_choice("bn", bn, BN_MODES)
     _check_choice("precision", precision, PRECISIONS)
+    precision = model_precision(model, precision)
     grid = GridSpec.of(x, y)
     if grid.ndim == 0:
         raise LlvError("a surface needs at least an x axis: x=(min, max, num)")
     device = _device_of(model, device)
     float_dtype = torch.float64 if precision == "fp64" else None
     splits = as_split_batches(data, batch_size=batch_size, device=device, float_dtype=float_dtype)
-    channels_last = channels_last_rule(channels_last, splits, device)
+    channels_last = channels_last_rule(channels_last, splits, device, model)
     if bn == "recompute":
         bn_batches = (as_split_batches(bn_data, batch_size=batch_size, device=device)["train"]
                       if bn_data is not None else splits[next(iter(splits))])
@@ -580,13 +581,30 @@ def _floored_range(evaluator: PointEvaluator, grid: GridSpec, ensemble: int) -> 
             "bn_floored_max": float(alphas.max()) if hit.any() else float("nan")}
 
 
-def channels_last_rule(value, splits: Mapping[str, Batches], device: torch.device) -> bool:
+def model_precision(model: nn.Module, precision: str) -> str:
+    """The precision to evaluate ``model`` in: ``fp32`` (the default) means ``fp64`` for a model
+    whose floating tensors are all float64; float16/bfloat16 models are refused with what to do
+    (points are formed in float32 or float64; ``precision="bf16"`` autocasts a float32 model)."""
+    dtypes = {t.dtype for t in full_state(model).values() if t.is_floating_point()}
+    halves = sorted(str(d).removeprefix("torch.") for d in dtypes & {torch.float16, torch.bfloat16})
+    if halves:
+        raise LlvError(f"the model's tensors are {', '.join(halves)}: llv evaluates in float32 or float64 "
+                       "(precision='bf16' autocasts a float32 model); pass model.float()")
+    if precision == "fp32" and dtypes == {torch.float64}:
+        return "fp64"
+    return precision
+
+
+def channels_last_rule(value, splits: Mapping[str, Batches], device: torch.device, model: nn.Module | None = None) -> bool:
     """``channels_last="auto"``: channels-last memory format for image batches of at least
     16×16 on the CPU, where it made a point 0.74-0.76× a bare NCHW pass against 0.95-0.99× in
     NCHW (ResNet-20/56 on 32×32 inputs, benchmarks/RESULTS.md); NCHW otherwise (small images
     such as 8×8 digits, GPUs: ``eval.channels_last=true`` there). A rule rather than a timing at
     set-up, so that every rank and every resumed run compute in the same layout and agree to
-    the bit."""
+    the bit.
+
+    With ``model``, ``auto`` also runs it once on two examples in that layout and keeps NCHW
+    if that fails: a forward that flattens with ``.view`` cannot take channels-last input."""
     if isinstance(value, bool) or str(value).lower() in ("true", "false"):
         return str(value).lower() == "true"
     if str(value) != "auto":
@@ -594,7 +612,23 @@ def channels_last_rule(value, splits: Mapping[str, Batches], device: torch.devic
     if torch.device(device).type != "cpu":
         return False
     shapes = [b.example_shape for b in splits.values()]
-    return all(len(s) == 3 and s[1] >= 16 and s[2] >= 16 for s in shapes)
+    if not all(len(s) == 3 and s[1] >= 16 and s[2] >= 16 for s in shapes):
+        return False
+    return model is None or _runs_channels_last(model, next(iter(splits.values())).stored[0], device)
+
+
+def _runs_channels_last(model: nn.Module, batch, device) -> bool:
+    """Whether ``model`` runs on the first two examples of ``batch`` in channels-last layout."""
+    from torch.utils._pytree import tree_map
+
+    few = tree_map(lambda t: t[:2] if torch.is_tensor(t) and t.dim() > 0 else t, batch)
+    args, kwargs, _ = split_batch(to_device(few, device, None, True))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(*args, **kwargs)
+    except RuntimeError:  # e.g. "view size is not compatible with input tensor's size and stride"
+        return False
+    return True
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -784,8 +818,10 @@ def point_metrics(model: nn.Module, data, *, loss="ce", device=None, precision: 
     >>> point_metrics(net, (torch.ones(4, 2), torch.zeros(4, dtype=torch.long)))["train_acc"]
     100.0
     """
+    precision = model_precision(model, precision)
     device = _device_of(model, device)
-    splits = as_split_batches(data, batch_size=batch_size, device=device)
+    splits = as_split_batches(data, batch_size=batch_size, device=device,
+                              float_dtype=torch.float64 if precision == "fp64" else None)
     space = ParameterSpace.of(model, "weights")
     zero = torch.zeros(1, space.numel)
     evaluator = PointEvaluator(model, space, _model_values(model, space, device), zero, splits,

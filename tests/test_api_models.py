@@ -1,0 +1,60 @@
+"""Ordinary models work with the default options: models that flatten with ``.view``, float64
+models, and half-precision ones are refused with what to do."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import llv
+from llv.api import as_split_batches, channels_last_rule, point_metrics
+from llv.errors import LlvError
+
+
+class ViewFlatten(nn.Module):
+    """conv → ReLU → ``.view(N, -1)`` → linear: ``.view`` needs NCHW-contiguous activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 5)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_a_model_that_flattens_with_view_runs_in_nchw_under_auto():
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = ViewFlatten()
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
+    s = llv.surface(model, (x, y), x=(-1, 1, 3), y=None, progress=False)
+    with torch.no_grad():
+        assert float(s["train_loss"][1]) == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
+    with pytest.raises(RuntimeError, match="view"):  # asked for explicitly: the model's own error
+        llv.surface(model, (x, y), x=(-1, 1, 3), y=None, progress=False, channels_last=True)
+    assert channels_last_rule("auto", as_split_batches((x, y), device="cpu"), "cpu") is True
+
+
+def test_a_float64_model_is_evaluated_in_float64():
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64, generator=g), torch.randint(0, 3, (16,), generator=g)
+    with torch.no_grad():
+        want = float(F.cross_entropy(model(x), y))
+    s = llv.surface(model, (x, y), x=(-1, 1, 3), y=None, progress=False)
+    assert s.attrs["precision"] == "fp64"
+    assert float(s["train_loss"][1]) == pytest.approx(want, rel=1e-13)
+    assert point_metrics(model, (x, y))["train_loss"] == pytest.approx(want, rel=1e-13)
+    ends = llv.interpolate(model, model, (x, y), alphas=(0, 1, 2), progress=False)
+    assert float(ends["train_loss"][0]) == pytest.approx(want, rel=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_is_refused_with_what_to_do(dtype):
+    model = nn.Linear(4, 3).to(dtype)
+    x, y = torch.randn(8, 4, dtype=dtype), torch.randint(0, 3, (8,))
+    with pytest.raises(LlvError, match=r"pass model.float\(\)"):
+        llv.surface(model, (x, y), x=(-1, 1, 3), y=None, progress=False)
