@@ -10,7 +10,8 @@ iterable of tuple or dict batches) in, result objects out::
     llv.hessian(model, loader).eigenvalues(k=3)
 
 Importing :mod:`llv` is cheap: torch, matplotlib and h5py are imported on first use of an API
-function, so ``llv --help`` stays instant.
+function, so ``llv --help`` stays instant. Submodules are attributes too, imported on first
+access (``llv.curves.Connection.load(...)``, ``llv.plot.make_plot(...)``, ``llv.api.point_metrics``).
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ __all__ = [
     "trajectory",
 ]
 
+import os
+
 from llv.errors import LlvError
 
 _LAZY = {
     "surface": "llv.api", "interpolate": "llv.api", "directions": "llv.api", "hessian": "llv.api",
-    "hessian_map": "llv.api", "trajectory": "llv.api", "connect": "llv.api",
+    "hessian_map": "llv.api", "connect": "llv.api",
     "extent": "llv.api",
     "load": "llv.results", "Surface": "llv.results", "HessianPoint": "llv.results",
     "Projection": "llv.results", "Eigenvalues": "llv.results", "Trace": "llv.results",
@@ -51,15 +54,48 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    """The API, imported on first use (PEP 562): ``import llv`` does not import torch."""
-    if name in _LAZY:
-        import importlib
+_HERE = os.path.dirname(__file__)
 
+
+def __getattr__(name: str):
+    """The API and the submodules, imported on first use (PEP 562): ``import llv`` does not
+    import torch."""
+    import importlib
+
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'llv' has no attribute {name!r}")
+    elif name == "trajectory":
+        value = _trajectory()
+    elif _is_submodule(name):
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'llv' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _is_submodule(name: str) -> bool:
+    """Whether ``llv.<name>`` is a module or package of llv (``llv.curves``, ``llv.plot``)."""
+    if not name.isidentifier() or name.startswith("_"):
+        return False
+    return (os.path.isfile(os.path.join(_HERE, f"{name}.py"))
+            or os.path.isfile(os.path.join(_HERE, name, "__init__.py")))
+
+
+def _trajectory():
+    """:func:`llv.api.trajectory` whose projection is a :class:`llv.results.Projection`
+    (``.save``, ``.plot``)."""
+    import functools
+
+    from llv import api
+    from llv.results import Projection
+
+    @functools.wraps(api.trajectory)
+    def trajectory(*args, **kwargs):
+        projection, directions = api.trajectory(*args, **kwargs)
+        return Projection.of(projection), directions
+
+    return trajectory
 
 
 def __dir__() -> list[str]:

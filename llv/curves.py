@@ -125,7 +125,8 @@ class Connection:
         curve, line: metric name (``<split>_loss``, ``<split>_acc``, ``<split>_loss_se``) ->
             values along t for each path.
         control: θ_M as a state dict of the models' architecture (the trained parameters;
-            floating buffers at the midpoint of A's and B's, integer buffers A's).
+            floating buffers at the midpoint of A's and B's, integer buffers A's), with every
+            key of ``state_dict()``: a tied tensor's alias holds its first name's tensor.
         path: ``bezier`` or ``polychain``.
         history: the mean training loss of each epoch.
         attrs: the settings and the barriers (``curve_barrier_<split>_loss``, ...).
@@ -511,6 +512,7 @@ def connect(model_a: nn.Module, model_b: nn.Module | Mapping, data, *, path: str
             control_state[name] = 0.5 * (a + b)
         else:
             control_state[name] = a.clone()
+    control_state = _with_aliases(model_a, control_state)
     space = weights if bn == "recompute" else states
     stack = torch.stack([flatten(space, [s[n] for n in space.names]).to(device, wide or torch.float32)
                          for s in (dict(zip(states.names, state_a)), control_state,
@@ -533,6 +535,20 @@ def connect(model_a: nn.Module, model_b: nn.Module | Mapping, data, *, path: str
         print_table(f"{path} curve vs line", ["figure", "value"],
                     [(f"{k.replace('_', ' ', 1)} barrier", v) for k, v in result.barriers.items()])
     return result
+
+
+def _with_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (by the names of ``ParameterSpace.of(model, "states")``, which keeps a tied
+    tensor under its first name only) with every key of ``model.state_dict()`` in its order: an
+    alias of a tied tensor (a language model's output layer sharing the embedding) holds its
+    kept name's tensor, so the checkpoint loads strictly and the alias equals its kept name."""
+    kept: dict[int, str] = {}
+    out = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        first = kept.setdefault(id(tensor), name) if isinstance(tensor, torch.Tensor) else name
+        if first in state:
+            out[name] = state[first]
+    return out
 
 
 def _evaluate(evaluator, coefficients: np.ndarray) -> dict[str, np.ndarray]:
