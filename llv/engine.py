@@ -59,12 +59,12 @@ def run_grid(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], dic
         try:
             for r in range(rounds):
                 c = r * comm.size + comm.rank
-                payload = None
+                payload = own = None
                 if c < len(chunks):
                     try:
                         payload = ("ok", chunks[c], _finite(compute(chunks[c])))
                     except Exception as exc:  # reported to every rank, then raised everywhere
-                        payload = ("error", failure(exc, comm.rank))
+                        payload, own = ("error", failure(exc, comm.rank)), exc
                 gathered = comm.allgather(payload)
                 failures = [p[1] for p in gathered if p is not None and p[0] == "error"]
                 for p in gathered:
@@ -78,7 +78,14 @@ def run_grid(comm, file: SurfaceFile | None, compute: Callable[[np.ndarray], dic
                         file.record(indices, results)
                 if file is not None:
                     file.flush()
-                comm.raise_failures(failures)
+                if failures and own is not None and comm.size == 1:
+                    raise own  # one process: the error itself, its type and traceback (a user's
+                    # model or loss failing must read as in their own code)
+                try:
+                    comm.raise_failures(failures)
+                except BaseException as shared:
+                    shared.__cause__ = own  # this rank's own traceback, where it failed too
+                    raise
         finally:
             if file is not None:
                 file.flush(force=True)

@@ -58,3 +58,16 @@ def test_a_half_precision_model_is_refused_with_what_to_do(dtype):
     x, y = torch.randn(8, 4, dtype=dtype), torch.randint(0, 3, (8,))
     with pytest.raises(LlvError, match=r"pass model.float\(\)"):
         llv.surface(model, (x, y), x=(-1, 1, 3), y=None, progress=False)
+
+
+def test_an_error_in_the_users_loss_keeps_its_type_and_traceback(tmp_path):
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+    def weighted(outputs, batch):
+        return batch_weights * outputs.sum(-1)  # noqa: F821 - the user's bug
+
+    with pytest.raises(NameError, match="batch_weights") as raised:
+        llv.surface(model, (x, y), x=(-1, 1, 3), y=None, loss=weighted, progress=False,
+                    path=tmp_path / "s.h5")
+    assert raised.traceback[-1].name == "weighted"  # the traceback ends in the user's code
