@@ -46,3 +46,26 @@ def test_probe_flags_directions_without_their_declared_norms(tiny, tmp_path):
     assert not attrs["probe_direction_norms_ok"] and "norm=filter" in attrs["probe_messages"]
     with pytest.raises(LlvError, match="norms"):
         surface_task.run(compose("surface", [*overrides, "grid=11x11", f"dir_file={path}", "probe=strict"]))
+
+
+def test_in_fast_mode_the_centre_is_judged_within_its_standard_errors(tmp_path):
+    # the centre is an estimate on a subset in fast mode: the checkpoint's recorded loss must lie
+    # within 3 s.e. of it (not within 1e-3), and a recorded loss far outside still fails
+    from llv.checkpoint import save_checkpoint
+    from llv.models import build_model
+
+    data = [*tiny_overrides(tmp_path), "dataset.num_train=400", "eval.batch_size=8", "grid.x=-1:1:3", "grid.y=-1:1:3"]
+    cfg = compose("surface", data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    honest = save_checkpoint(tmp_path / "honest.pt", model, 0, cfg, {})
+    exact = surface_task.run(compose("surface", [*data, f"checkpoint={honest}"]))
+    with h5py.File(exact, "r") as f:
+        loss = float(f["train_loss"][1, 1])  # the centre of the 3×3 grid
+    fast = ["eval.approx=true", "eval.approx_start=16", "eval.target_se=0.05", "probe=strict"]
+    recorded = save_checkpoint(tmp_path / "recorded.pt", model, 0, cfg, {"train_loss": loss})
+    attrs = attrs_of(surface_task.run(compose("surface", [*data, f"checkpoint={recorded}", *fast])))
+    assert attrs["probe_failures"] == 0
+    wrong = save_checkpoint(tmp_path / "wrong.pt", model, 0, cfg, {"train_loss": loss + 10})
+    with pytest.raises(LlvError, match=r"fast mode\) differs from the checkpoint's recorded"):
+        surface_task.run(compose("surface", [*data, f"checkpoint={wrong}", *fast]))
