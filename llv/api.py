@@ -224,6 +224,11 @@ def finish(file: SurfaceFile, stats: LoopStats, splits: Sequence[str], eps: floa
     if file.done.all():
         for split in [s for s in splits if f"{s}_loss" in file.values]:
             summary = summarize(file.values, x, y, str(split), float(eps), ensemble)
+            if file.attrs.get("approx") and f"{split}_n" in file.values:
+                # fast mode: every number above is an estimate; say so, with its largest s.e.
+                se, n = file.values[f"{split}_loss_se"], file.values[f"{split}_n"]
+                summary[f"{split}_approximate_max_loss_se"] = float(np.nanmax(se)) if np.isfinite(se).any() else float("nan")
+                summary[f"{split}_approximate_mean_examples"] = float(np.nanmean(n))
             file.set_attrs(**{f"summary_{k}": v for k, v in summary.items()})
             rows += [(k, v) for k, v in summary.items()]
     rows += [("points computed", stats.computed), ("points/s", stats.points_per_second),

@@ -49,6 +49,10 @@ def test_approximate_surface_is_within_its_standard_errors_of_the_exact_one():
     assert np.all((n >= 128) & (n <= 3000))
     assert n.mean() < 3000  # subsets were enough somewhere
     assert np.all(se <= 0.01 * fast.attrs["approx_scale"] + 1e-12)
+    # the summary says the surface is approximate, with its largest standard error
+    assert fast.summary["train_approximate_max_loss_se"] == pytest.approx(se.max())
+    assert fast.summary["train_approximate_mean_examples"] == pytest.approx(n.mean())
+    assert not any("approximate" in key for key in exact.summary)
     rounding = 1e-7 * np.abs(exact["train_loss"])  # float32 sums in another order
     within = np.abs(loss - exact["train_loss"]) <= 3 * se + rounding
     assert within.mean() >= 0.95
