@@ -27,6 +27,7 @@ every checkpoint is loaded exactly once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 
 from llv.console import LlvError, log
 from llv.direction import IGNORE, Directions, axis_seed
+from llv.grid import Axis, GridSpec
 from llv.params import ParameterSpace, unflatten
 from llv.storage import trainrun
 
@@ -357,11 +359,32 @@ def path_box(coordinates: np.ndarray, margin: float) -> tuple[Interval, Interval
 
 
 def box_grid(box, resolution):
-    """A :class:`~llv.grid.GridSpec` over ``box`` with the numbers of points of ``resolution``."""
-    from llv.grid import Axis, GridSpec
+    """A :class:`~llv.grid.GridSpec` over ``box`` with the numbers of points of ``resolution``,
+    each axis widened just enough that 0 — θ_n, the trained model — is one of its points: the
+    summary's centre and its curvature cross-check are then at θ_n itself, not at the grid
+    point nearest it.
 
+    >>> grid = box_grid(((-0.85, 2.4), (-1.0, 1.0)), GridSpec(Axis(-1, 1, 5), Axis(-1, 1, 5)))
+    >>> [round(float(c), 4) for c in grid.x.coordinates()]
+    [-0.85, 0.0, 0.85, 1.7, 2.55]
+    """
     if resolution.ndim != 2:
         raise LlvError("llv trajectory needs a 2D grid for its surface (grid=21x21, or "
                        "grid.x=...:...:NX grid.y=...:...:NY; only NX and NY are used)")
-    (x0, x1), (y0, y1) = box
-    return GridSpec(Axis(x0, x1, resolution.x.num), Axis(y0, y1, resolution.y.num))
+    return GridSpec(*(_through_zero(lo, hi, axis.num) for (lo, hi), axis in zip(box, (resolution.x, resolution.y))))
+
+
+def _through_zero(lo: float, hi: float, num: int):
+    """The narrowest axis of ``num`` evenly spaced points that holds [lo, hi] (lo ≤ 0 ≤ hi) and
+    has 0 as its k-th point, over every k."""
+    if num < 2 or not lo <= 0 <= hi:
+        return Axis(lo, hi, num)
+    best = None
+    for below in range(num):
+        above = num - 1 - below
+        step = max(-lo / below if below else (0.0 if lo == 0 else math.inf),
+                   hi / above if above else (0.0 if hi == 0 else math.inf))
+        if best is None or step < best[0]:
+            best = (step, below, above)
+    step, below, above = best
+    return Axis(-below * step, above * step, num)

@@ -260,14 +260,20 @@ def test_a_train_run_gives_the_path_its_lr_drops_and_the_surface_around_it(train
                    for n, d in zip(space.names, axis, strict=True)) for axis in directions.axes]
         np.testing.assert_allclose(got, [x, y], atol=1e-5)
 
-    # The surface covers the path's box (+20 % each side) on the run's model, at grid resolution.
+    # The surface covers the path's box (+20 % each side) on the run's model, at grid resolution,
+    # widened by less than one step so that θ_n (0, 0) is a grid point: the summary's centre
     surface, surface_attrs = read(projection.parent / "surface.h5")
     xs, ys = surface["xcoordinates"], surface["ycoordinates"]
     assert len(xs) == len(ys) == 11 and surface["done"].all()
     for coords, path in ((xs, values["proj_xcoord"]), (ys, values["proj_ycoord"])):
         width = path.max() - path.min()
-        np.testing.assert_allclose([coords[0], coords[-1]], [path.min() - 0.2 * width,
-                                                             path.max() + 0.2 * width])
+        lo, hi = path.min() - 0.2 * width, path.max() + 0.2 * width
+        step = coords[1] - coords[0]
+        assert coords[0] <= lo + 1e-12 and coords[-1] >= hi - 1e-12
+        assert coords[-1] - coords[0] < (hi - lo) + step
+        assert np.abs(coords).min() <= 1e-12 * (hi - lo)
+    centre = (int(np.abs(ys).argmin()), int(np.abs(xs).argmin()))
+    assert surface_attrs["summary_train_centre_loss"] == surface["train_loss"][centre]
     assert surface_attrs["model"] == "mlp" and surface_attrs["kind"] == "pca"
     assert np.isfinite(surface["train_loss"]).all()
     assert (projection.parent / "projection_trajectory.png").stat().st_size > 1000
