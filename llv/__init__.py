@@ -46,7 +46,7 @@ from llv.errors import LlvError
 
 _LAZY = {
     "surface": "llv.api", "interpolate": "llv.api", "directions": "llv.api", "hessian": "llv.api",
-    "hessian_map": "llv.api", "connect": "llv.api",
+    "hessian_map": "llv.api", "trajectory": "llv.api", "connect": "llv.api",
     "extent": "llv.api",
     "load": "llv.results", "Surface": "llv.results", "HessianPoint": "llv.results",
     "Projection": "llv.results", "Eigenvalues": "llv.results", "Trace": "llv.results",
@@ -64,8 +64,6 @@ def __getattr__(name: str):
 
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name == "trajectory":
-        value = _trajectory()
     elif _is_submodule(name):
         value = importlib.import_module(f"{__name__}.{name}")
     else:
@@ -80,23 +78,3 @@ def _is_submodule(name: str) -> bool:
         return False
     return (os.path.isfile(os.path.join(_HERE, f"{name}.py"))
             or os.path.isfile(os.path.join(_HERE, name, "__init__.py")))
-
-
-def _trajectory():
-    """:func:`llv.api.trajectory` whose projection is a :class:`llv.results.Projection`
-    (``.save``, ``.plot``)."""
-    import functools
-
-    from llv import api
-    from llv.results import Projection
-
-    @functools.wraps(api.trajectory)
-    def trajectory(*args, **kwargs):
-        projection, directions = api.trajectory(*args, **kwargs)
-        return Projection.of(projection), directions
-
-    return trajectory
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

@@ -28,7 +28,7 @@ from llv.errors import LlvError
 from llv.evaluate import PRECISIONS, PointEvaluator, PointMap
 from llv.grid import GridSpec, coefficient_rows
 from llv.params import ParameterSpace, eval_mode, flatten, full_state, state_digest, values_of
-from llv.results import Surface
+from llv.results import Projection, Surface
 from llv.spectrum import Hessian
 from llv.storage.surface import SurfaceFile
 from llv.summary import summarize
@@ -787,10 +787,11 @@ def trajectory(run_dir_or_checkpoints, model: nn.Module, *, ignore: str = "biasb
     """
     from llv.path_pca import choose_epochs, lr_drop_epochs, path_pca
     from llv.storage import trainrun
-    from llv.storage.projection import Projection
-
     started = time.perf_counter()
-    if isinstance(run_dir_or_checkpoints, (str, Path)) and Path(run_dir_or_checkpoints).is_dir():
+    if isinstance(run_dir_or_checkpoints, (str, Path)) and not Path(run_dir_or_checkpoints).is_dir():
+        raise LlvError(f"{run_dir_or_checkpoints} is not a run directory: pass a `llv train` run "
+                       "directory or a list of checkpoint files θ_0 … θ_n")
+    if isinstance(run_dir_or_checkpoints, (str, Path)):
         run_dir = Path(run_dir_or_checkpoints)
         points = choose_epochs(run_dir, epochs)
         paths = [p for _, p in points]
@@ -798,6 +799,10 @@ def trajectory(run_dir_or_checkpoints, model: nn.Module, *, ignore: str = "biasb
         drops = lr_drop_epochs(trainrun.read_metrics(run_dir)) if not len(lr_drops) else np.asarray(lr_drops)
     else:
         paths = list(run_dir_or_checkpoints)
+        if not all(isinstance(p, (str, Path)) for p in paths):
+            raise LlvError("llv.trajectory takes checkpoint files, read one at a time to keep memory "
+                           "small; torch.save state dicts first (got "
+                           f"{next(p for p in paths if not isinstance(p, (str, Path))).__class__.__name__})")
         epoch_numbers = list(range(len(paths)))
         drops = np.asarray(lr_drops, dtype=np.int64)
     space = ParameterSpace.of(model, type)

@@ -71,3 +71,18 @@ def test_an_error_in_the_users_loss_keeps_its_type_and_traceback(tmp_path):
         llv.surface(model, (x, y), x=(-1, 1, 3), y=None, loss=weighted, progress=False,
                     path=tmp_path / "s.h5")
     assert raised.traceback[-1].name == "weighted"  # the traceback ends in the user's code
+
+
+def test_trajectory_input_mistakes_are_one_line(tmp_path):
+    model = nn.Linear(2, 2)
+    with pytest.raises(LlvError, match="runs/typo is not a run directory"):
+        llv.trajectory("runs/typo", model)
+    with pytest.raises(LlvError, match="torch.save state dicts first"):
+        llv.trajectory([model.state_dict(), model.state_dict()], model)
+    paths = []
+    for k in range(3):
+        torch.manual_seed(k)
+        paths.append(tmp_path / f"{k}.pt")
+        torch.save(nn.Linear(2, 2).state_dict(), paths[-1])
+    projection, _ = llv.trajectory(paths, model)
+    assert hasattr(projection, "save") and hasattr(projection, "plot")  # llv.results.Projection
