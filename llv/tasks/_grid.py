@@ -113,9 +113,11 @@ def hessian_at(session: Session, state: dict | None = None, split: str | None = 
 
 def obtain_directions(session: Session, space: ParameterSpace, ndim: int, existing_attrs: dict | None = None
                       ) -> tuple[dirs.Directions, Path]:
-    """Directions from ``dir_file=``, from the resumed file's ``dir_file``, or new (saved by rank 0)."""
+    """Directions from ``dir_file=``, from the resumed file's ``dir_file`` (where the session
+    found it: as recorded, or beside the result when the run folder moved), or new (saved by
+    rank 0)."""
     cfg = session.cfg
-    path = cfg.get("dir_file") or (existing_attrs or {}).get("dir_file")
+    path = cfg.get("dir_file") or session.dir_file or (existing_attrs or {}).get("dir_file")
     if path:
         path = Path(str(path))
         if not path.is_absolute() and not path.exists() and session.existing is not None:
@@ -143,8 +145,38 @@ def grid_directions(session: Session, grid: GridSpec, directions: dirs.Direction
     space = ParameterSpace.of(session.model, str(session.cfg.direction.type))
     if directions is None:
         directions, dir_file = obtain_directions(session, space, grid.ndim, existing_attrs(session))
+    record_where_inputs_are(session, dir_file)
     dirs.log_summary(directions)
     return space, directions, dir_file
+
+
+def record_where_inputs_are(session: Session, dir_file: Path | None) -> None:
+    """A resumed result records where its checkpoint and directions are now (absolute), when
+    that differs from what it recorded: its run folder moved and the session found them beside
+    it, or an older llv recorded relative paths. Rank 0, before any point is computed; the
+    session checked both by SHA-256, and the engine checks them again."""
+    if not session.is_root or session.existing is None:
+        return
+    from omegaconf import OmegaConf
+
+    file = SurfaceFile.open(session.existing)
+    now = {"checkpoint": str(Path(session.checkpoint).resolve()),
+           "dir_file": str(Path(dir_file).resolve()) if dir_file else None}
+    changed = {k: v for k, v in now.items() if v and file.attrs.get(k) and str(file.attrs[k]) != v}
+    if not changed:
+        return
+    try:
+        config = OmegaConf.to_container(OmegaConf.create(str(file.attrs.get("config") or "{}")))
+    except Exception:  # not a mapping: leave it as it is
+        config = None
+    if isinstance(config, dict):
+        for key in ("checkpoint", "dir_file"):
+            value = session.cfg.get(key)
+            if config.get(key) and value and str(config[key]) != str(value):
+                config[key] = str(value)
+        changed["config"] = OmegaConf.to_yaml(OmegaConf.create(config))
+    file.set_attrs(**changed)
+    file.flush(force=True)
 
 
 def existing_attrs(session: Session) -> dict:
@@ -157,8 +189,10 @@ def existing_attrs(session: Session) -> dict:
 def run_attrs(session: Session, directions: dirs.Directions, dir_file: Path | None) -> dict:
     """Provenance every grid file records."""
     cfg = session.cfg
+    # absolute paths: ``resume=FILE`` works from any working directory (docs/reliability.md)
     attrs = {"command": str(cfg.command), "model": str(cfg.model.name), "dataset": str(cfg.dataset.name),
-             "checkpoint": str(session.checkpoint), "dir_file": str(dir_file) if dir_file else None,
+             "checkpoint": str(Path(session.checkpoint).resolve()),
+             "dir_file": str(Path(dir_file).resolve()) if dir_file else None,
              "config": to_yaml(cfg), "checkpoint_sha256": session.checkpoint_sha256}
     if "plane_coordinates" in directions.attrs:  # the three models, for figures to mark
         attrs["plane_coordinates"] = np.asarray(directions.attrs["plane_coordinates"], dtype=np.float64)

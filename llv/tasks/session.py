@@ -10,7 +10,11 @@ model is built or any data are read (docs/reliability.md):
 3. refuse a folder that holds another command's run;
 4. read what an earlier run of this folder recorded (the result file's ``config`` attr, else
    ``config.yaml``) and take every key the user did not set from it, refusing a key set to
-   something else (:func:`reconcile`): ``llv surface resume=FILE`` needs no other argument;
+   something else (:func:`reconcile`): ``llv surface resume=FILE`` needs no other argument.
+   Every path key (:data:`PATH_KEYS`) is resolved to an absolute path, so a run records no
+   path relative to the directory it was started in; a recorded checkpoint or direction file
+   that is gone (the run folder moved) is taken from beside the result when its SHA-256 is
+   the recorded one (:func:`_relocate_recorded`, :func:`_resumed_directions`);
 5. the task's own checks (``prepare``), then the checkpoint: it exists and is a file, it is the
    one the earlier run used (SHA-256), and its recorded model config gives ``model`` when none
    was given.
@@ -49,6 +53,16 @@ CONTROL_KEYS = frozenset({"checkpoint",
 })
 #: Keys that belong to one invocation and are never taken from an earlier run.
 NOT_INHERITED = frozenset({"command", "out", "resume", "stop_after_points", "overwrite"})
+#: Keys that name a file or folder: a run records them resolved to absolute paths (from the
+#: working directory it was started in), so ``resume=FILE`` needs nothing else from any
+#: directory. ``out`` and ``resume`` belong to one invocation and ``name`` is a suffix, not a
+#: path. (tests/test_resume_paths.py checks that every path key of llv.schema is listed here.)
+PATH_KEYS = ("checkpoint", "checkpoint2", "checkpoint3", "dir_file", "direction.target", "run",
+             "outputs", "dataset.root", "dataset.path")
+#: Mappings whose values are paths (a preset's run directories).
+PATH_MAPS = ("paths",)
+#: Path keys inside a config group: choosing the group (``dataset=cifar10``) does not give them.
+GROUP_PATH_KEYS = frozenset({"dataset.root", "dataset.path"})
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Session:
     run_dir: Path
     existing: Path | None = None  # a result file this run resumes
     lock: object = None  # rank 0's RunLock, held until close()
+    dir_file: Path | None = None  # the directions the resumed file records, where they are now
     _data: dict = field(default_factory=dict)
 
     @property
@@ -198,9 +213,10 @@ def start(cfg, result_name: str | None = None, checkpoint=None, prepare: Prepare
         raise
     log.info(f"{cfg.command}: model {cfg.model.name} on {cfg.dataset.name}, checkpoint {path}, "
              f"device {device}, {comm.size} rank(s) [{comm.backend}]")
-    existing = plan["existing"]
+    existing, dir_file = plan["existing"], plan.get("dir_file")
     return Session(cfg, comm, device, model, path, plan["sha256"], meta, Path(plan["run_dir"]),
-                   Path(existing) if existing else None, lock)
+                   Path(existing) if existing else None, lock,
+                   dir_file=Path(dir_file) if dir_file else None)
 
 
 def _check_weights(model: torch.nn.Module, path: Path, strict: bool, is_root: bool) -> None:
@@ -254,15 +270,20 @@ def _prepare_run(cfg, result_name, checkpoint, prepare, inherit) -> tuple[dict, 
         attrs = None
         if existing is not None:
             attrs = _result_attrs(existing, str(cfg.command))
-        plain = _plain(cfg)
+        plain = absolute_paths(_plain(cfg))
         explicit = explicit_keys(cfg)
         stored, source = _stored_config(run_dir, existing, attrs, str(cfg.command)) if inherit else (None, None)
         if stored is not None:
-            plain = reconcile(plain, default_config(str(cfg.command)), stored, source, explicit)
+            stored = absolute_paths(stored)  # a file of an older llv may hold relative ones
+            plain = reconcile(plain, absolute_paths(default_config(str(cfg.command))), stored, source,
+                              explicit)
+            _relocate_recorded(plain, stored, run_dir, existing, attrs)
+        dir_file = _resumed_directions(plain, run_dir, existing, attrs)
         model_given = _model_given(plain, explicit, stored is not None)
         cfg = _as_config(plain)
         given = prepare(cfg, run_dir) if prepare is not None else None
         path = _checkpoint_path(cfg, given if given is not None else checkpoint, model_given)
+        path = Path(_absolute(path))
         _take_model_of(cfg, path, model_given)
         digest = sha256(path)
         recorded = (attrs or {}).get("checkpoint_sha256")
@@ -272,9 +293,10 @@ def _prepare_run(cfg, result_name, checkpoint, prepare, inherit) -> tuple[dict, 
                            "computed at, or another out= for a new run")
         _check_run_directions(cfg, run_dir, existing, stored is not None, digest)
         if cfg.get("checkpoint") is None and given is None:
-            cfg.checkpoint = str(path.resolve())  # where latest pointed, for a later resume
-        plan = {"config": _plain(cfg), "checkpoint": str(path), "sha256": digest,
-                "run_dir": str(run_dir), "existing": str(existing) if existing else None}
+            cfg.checkpoint = str(path)  # where latest pointed, for a later resume
+        plan = {"config": absolute_paths(_plain(cfg)), "checkpoint": str(path), "sha256": digest,
+                "run_dir": str(run_dir), "existing": str(existing) if existing else None,
+                "dir_file": str(dir_file) if dir_file else None}
         return plan, lock
     except BaseException:
         lock.release()
@@ -431,11 +453,14 @@ def explicit_keys(cfg) -> Callable[[str], bool] | None:
     keys = given_keys(cfg)
     if keys is None:
         return None
-    default = default_config(str(cfg.command))
-    plain = _plain(cfg)
+    default = absolute_paths(default_config(str(cfg.command)))
+    plain = absolute_paths(_plain(cfg))
 
     def explicit(path: str) -> bool:
-        if any(k == path or k.startswith(path + ".") or path.startswith(k + ".") for k in keys):
+        if path in GROUP_PATH_KEYS:  # dataset=cifar10 chooses the data set, not where it lies
+            if any(k == path for k in keys):
+                return True
+        elif any(k == path or k.startswith(path + ".") or path.startswith(k + ".") for k in keys):
             return True
         if "experiment" in keys:
             return not _same(_lookup(plain, path), _lookup(default, path))
@@ -502,6 +527,140 @@ def _as_config(plain: Mapping):
     cfg = OmegaConf.create(dict(plain))
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+# ------------------------------------------------------------------- paths a run records
+
+
+def _absolute(value) -> str:
+    """``value`` as an absolute path (``~`` expanded, symbolic links resolved: a checkpoint
+    given as ``outputs/train/latest/final.pt`` stays the one it was when ``latest`` moves)."""
+    return str(Path(str(value)).expanduser().resolve())
+
+
+def _is_path_value(value) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value) != ""
+
+
+def absolute_paths(plain: Mapping) -> dict:
+    """A copy of the plain config ``plain`` with every path key (:data:`PATH_KEYS`,
+    :data:`PATH_MAPS`) resolved from the working directory; keys it lacks stay absent.
+
+    >>> absolute_paths({"checkpoint": "/a/../b.pt", "dir_file": None, "seed": 0})
+    {'checkpoint': '/b.pt', 'dir_file': None, 'seed': 0}
+    """
+    import copy
+
+    out = copy.deepcopy(dict(plain))
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and _is_path_value(node.get(leaf)):
+            node[leaf] = _absolute(node[leaf])
+    for key in PATH_MAPS:
+        mapping = out.get(key)
+        if isinstance(mapping, dict):
+            out[key] = {k: _absolute(v) if _is_path_value(v) else v for k, v in mapping.items()}
+    return out
+
+
+def _relocate_recorded(plain: dict, stored: Mapping, run_dir: Path, existing: Path | None,
+                       attrs: dict | None) -> None:
+    """A recorded ``checkpoint`` or ``dir_file`` that is gone (the run folder moved, say) is taken
+    from beside the result, by name, when its SHA-256 is the one the run recorded; else one line
+    naming both places. Only a value taken from the earlier run (not another one given now)."""
+    attrs = attrs or {}
+    checks = {"checkpoint": ("checkpoint_sha256", _file_digests),
+              "dir_file": ("direction_sha256", _direction_digests)}
+    for key, (digest_key, digests_of) in checks.items():
+        value = plain.get(key)
+        if not value or not _same(value, stored.get(key)) or Path(str(value)).exists():
+            continue
+        expected = attrs.get(digest_key)
+        if not expected and key == "checkpoint":
+            expected = _run_directions_checkpoint(run_dir)
+        plain[key] = str(_beside(Path(str(value)), key, run_dir, existing, expected, digests_of))
+
+
+def _resumed_directions(plain: Mapping, run_dir: Path, existing: Path | None,
+                        attrs: dict | None) -> Path | None:
+    """Where the directions of the resumed result are now: its ``dir_file`` as recorded (a
+    relative one from the working directory or the run folder, as older files hold), else the
+    file of that name beside the result when its SHA-256 is the result's ``direction_sha256``.
+    None when ``dir_file=`` is given (or inherited) or there is no result to continue."""
+    recorded = (attrs or {}).get("dir_file")
+    if existing is None or not recorded or plain.get("dir_file"):
+        return None
+    path = Path(str(recorded))
+    for candidate in (path, run_dir / path):
+        if candidate.exists():
+            return Path(_absolute(candidate))
+    return _beside(Path(_absolute(path)), "dir_file", run_dir, existing,
+                   (attrs or {}).get("direction_sha256"), _direction_digests)
+
+
+def _beside(recorded: Path, key: str, run_dir: Path, existing: Path | None, expected,
+            digests_of) -> Path:
+    """The file named like ``recorded`` in the run folder, if its SHA-256 is ``expected``."""
+    candidate = Path(_absolute(run_dir)) / recorded.name
+    what = existing or run_dir / "config.yaml"
+    tried = f"{key} {recorded} recorded by {what} does not exist"
+    # a checkpoint is compared by SHA-256 whatever its path; a dir_file= other than the
+    # recorded one contradicts the run (reconcile): its file must be put back
+    fix = ("pass checkpoint=PATH of the file it was computed at" if key == "checkpoint" else
+           "put the direction file it was computed along back at either place")
+    if not candidate.is_file():
+        raise LlvError(f"{tried}, nor does {candidate} beside it: {fix}")
+    if not expected:
+        raise LlvError(f"{tried}, and {candidate} beside it cannot be checked (no SHA-256 was "
+                       f"recorded for it): {fix}")
+    if str(expected) not in digests_of(candidate):
+        raise LlvError(f"{tried}, and {candidate} beside it is another file (its SHA-256 differs "
+                       f"from the recorded one): {fix}")
+    log.info(f"{key} {recorded} is gone: using {candidate} beside {what} (the same SHA-256)")
+    return candidate
+
+
+def _file_digests(path: Path) -> set[str]:
+    try:
+        return {sha256(path)}
+    except OSError:
+        return set()
+
+
+def _direction_digests(path: Path) -> set[str]:
+    """The SHA-256 of the directions in a direction file, computed from its values (a file whose
+    values changed fails however its attrs read): of every axis, and of the x axes alone (a 1D
+    grid along a 2D file)."""
+    from llv.direction import Directions
+    from llv.results import _load_directions
+
+    try:
+        whole = _load_directions(path)
+    except Exception:  # not a direction file: no digest matches
+        return set()
+    digests = {whole.digest()}
+    if whole.ndim > 1:
+        digests.add(Directions(whole.space, whole.axes[::whole.ndim], 1).digest())
+    return digests
+
+
+def _run_directions_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint SHA-256 the run folder's own ``directions.h5`` records (a run stopped
+    before its first result: only its ``config.yaml`` and directions are there)."""
+    from llv.h5 import open_h5, read_attrs
+    from llv.storage.directions import FILE
+
+    found = run_dir / FILE
+    if not found.is_file():
+        return None
+    try:
+        with open_h5(found, "a direction file") as f:
+            return read_attrs(f).get("checkpoint_sha256")
+    except (LlvError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- the checkpoint
