@@ -57,6 +57,20 @@ def _check_choice(name: str, value, choices) -> None:
         raise LlvError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
 
 
+def _check_whole(name: str, value, low: int = 0) -> int:
+    """``value`` as an int of at least ``low``: seeds and counts are whole numbers (1.5 is not
+    silently 1, -1 is not an opaque NumPy error)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise LlvError(f"{name} must be a whole number of at least {low}, got {value!r}")
+    return int(value)
+
+
+def _check_directions(value) -> None:
+    if value is not None and not isinstance(value, (dirs.Directions, str, Path)):
+        raise LlvError(f"directions must be llv.Directions (llv.directions(...)), a direction file's "
+                       f"path or None, not {value.__class__.__name__}")
+
+
 # ------------------------------------------------------------------------------ directions
 
 
@@ -90,8 +104,8 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
     """
     if ndim not in (1, 2):
         raise LlvError(f"ndim must be 1 or 2, got {ndim}")
-    if int(ensemble) < 1:
-        raise LlvError(f"ensemble must be at least 1, got {ensemble}")
+    _check_whole("seed", seed)
+    _check_whole("ensemble", ensemble, 1)
     space = ParameterSpace.of(model, type)
     values = space.values(model)
     if kind == "random":
@@ -100,12 +114,7 @@ def directions(model: nn.Module, kind: str = "random", *, ndim: int = 2, seed: i
     if kind == "target":
         if target is None:
             raise LlvError("kind='target' needs target= (a second model or its state dict)")
-        other = target.state_dict() if isinstance(target, nn.Module) else dict(target)
-        missing = [n for n in space.names if n not in other]
-        if missing:
-            raise LlvError(f"the target has no tensor {missing[0]} (+{len(missing) - 1} more): "
-                           "is it another architecture?")
-        axes = [dirs.target_direction(space, values, [other[n] for n in space.names])]
+        axes = [dirs.target_direction(space, values, values_of(target, space))]
         if ndim == 2:
             axes.append(dirs.normalize(dirs.random_direction(space, dirs.axis_seed(int(seed), 1)),
                                        values, norm, ignore))
@@ -303,6 +312,10 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
     _check_choice("bn", bn, BN_MODES)
     _check_choice("precision", precision, PRECISIONS)
     precision = model_precision(model, precision)
+    _check_whole("seed", seed)
+    _check_whole("ensemble", ensemble, 1)
+    _check_whole("points_per_batch", points_per_batch, 1)
+    _check_directions(directions)
     grid = GridSpec.of(x, y)
     if grid.ndim == 0:
         raise LlvError("a surface needs at least an x axis: x=(min, max, num)")
@@ -699,6 +712,8 @@ def hessian_map(model: nn.Module, data, *, x: GridAxis = (-1, 1, 21), y: GridAxi
     ``chunk_points``: chunks start cold, so results do not depend on the number of ranks).
     ``x``/``y`` may be ``"auto"`` as in :func:`surface` (the search runs on this loss).
     """
+    _check_whole("seed", seed)
+    _check_directions(directions)
     grid = GridSpec.of(x, y)
     space = ParameterSpace.of(model, "weights")
     if directions is None:

@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -299,6 +300,13 @@ def as_batches(data, *, batch_size="auto", device: torch.device | str | None = N
         return data.cast(float_dtype, channels_last, device)
     if hasattr(data, "inputs") and hasattr(data, "targets") and torch.is_tensor(data.inputs):
         data = (data.inputs, data.targets)  # llv.data.EvalData
+    if (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, np.ndarray) for t in data)):
+        data = tuple(torch.from_numpy(np.ascontiguousarray(t)) for t in data)  # a NumPy (X, y) pair
+    if (isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data)
+            and not _is_tensor_pair(data)):
+        raise LlvError("an (inputs, targets) pair needs one target per input along dim 0: got inputs "
+                       f"{tuple(data[0].shape)} and targets {tuple(data[1].shape)}")
     if _is_tensor_pair(data):
         inputs, targets = data
         size = resolve_batch_size(batch_size, tuple(inputs.shape[1:]), device,
@@ -306,6 +314,9 @@ def as_batches(data, *, batch_size="auto", device: torch.device | str | None = N
         stored = [(inputs[i:i + size], targets[i:i + size]) for i in range(0, len(targets), size)]
         source = stored
     elif isinstance(data, DataLoader):
+        if data.batch_size is None and data.batch_sampler is None:
+            raise LlvError("a DataLoader with batch_size=None yields single examples, not batches: "
+                           "give it a batch_size")
         source = _frozen_loader(data)
     elif isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
         if len(data) == 0:

@@ -91,6 +91,12 @@ def values_of(other, space: ParameterSpace) -> list[torch.Tensor]:
     if missing:
         raise LlvError(f"the other model has no tensor {missing[0]} (+{len(missing) - 1} more): "
                        "is it another architecture?")
+    wrong = [n for n, shape in zip(space.names, space.shapes) if tuple(state[n].shape) != tuple(shape)]
+    if wrong:
+        name = wrong[0]
+        raise LlvError(f"the other model's {name} is {tuple(state[name].shape)}, this model's "
+                       f"{tuple(space.shapes[space.names.index(name)])} (+{len(wrong) - 1} more): "
+                       "is it another architecture or width?")
     return [state[n].detach().clone() for n in space.names]
 
 

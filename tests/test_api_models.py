@@ -86,3 +86,27 @@ def test_trajectory_input_mistakes_are_one_line(tmp_path):
         torch.save(nn.Linear(2, 2).state_dict(), paths[-1])
     projection, _ = llv.trajectory(paths, model)
     assert hasattr(projection, "save") and hasattr(projection, "plot")  # llv.results.Projection
+
+
+def test_argument_mistakes_are_one_line_before_any_work():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    grid = dict(x=(-1, 1, 3), y=None, progress=False)
+    cases = [
+        (dict(data=(x, y), ensemble=0), "ensemble must be a whole number of at least 1, got 0"),
+        (dict(data=(x, y), seed=-1), "seed must be a whole number of at least 0, got -1"),
+        (dict(data=(x, y), seed=1.5), "seed must be a whole number"),
+        (dict(data=(x, y), directions=5), "directions must be llv.Directions"),
+        (dict(data=(x, y[:10])), r"one target per input along dim 0: got inputs \(32, 4\) and targets \(10,\)"),
+        (dict(data=DataLoader(TensorDataset(x, y), batch_size=None)), "batch_size=None yields single examples"),
+    ]
+    for kwargs, said in cases:
+        with pytest.raises(LlvError, match=said):
+            llv.surface(model, **kwargs, **grid)
+    with pytest.raises(LlvError, match=r"other model's weight is \(5, 4\), this model's \(3, 4\)"):
+        llv.interpolate(model, nn.Linear(4, 5), (x, y), alphas=(0, 1, 3), progress=False)
+    # a NumPy (X, y) pair is data like a tensor pair
+    as_numpy = llv.surface(model, (x.numpy(), y.numpy()), **grid)["train_loss"]
+    assert (as_numpy == llv.surface(model, (x, y), **grid)["train_loss"]).all()
