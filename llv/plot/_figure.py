@@ -39,6 +39,7 @@ from matplotlib.ticker import (
 )
 
 from llv.console import LlvError, log
+from llv.fsio import atomic_path
 
 DPI = 150
 """Resolution of raster output: a figure of w x h inches becomes (w*DPI) x (h*DPI) pixels."""
@@ -109,9 +110,15 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(figure: Figure, out: Path, fmt: str) -> Path:
-    """Write ``figure`` to ``out`` (png/pdf/svg) at :data:`DPI` and log the path."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format=fmt, dpi=DPI)
+    """Write ``figure`` to ``out`` (png/pdf/svg) at :data:`DPI` and log the path.
+
+    The file is written whole or not at all (:func:`llv.fsio.atomic_path`); a full disk, a
+    read-only folder or a missing permission is one :class:`LlvError` line saying what could
+    not be written, where, why and how much space is free.
+    """
+    out = Path(out)
+    with atomic_path(out, "figure") as tmp:
+        figure.savefig(tmp, format=fmt, dpi=DPI)
     log.info("wrote %s", out)
     return out
 
@@ -126,8 +133,10 @@ def finite_values(*arrays: np.ndarray) -> np.ndarray:
 def value_range(values: np.ndarray, options: PlotOptions) -> tuple[float, float]:
     """(low, high) of the colour scale: ``--vmin/--vmax`` where given, else the data's range.
 
-    With ``--log`` the low end is the smallest positive value (a log scale cannot reach 0).
+    With ``--log`` the low end is the smallest positive value (a log scale cannot reach 0);
+    a non-positive ``--vmin`` with ``--log`` is an error (:func:`check_log_limits`).
     """
+    check_log_limits(options)
     data = finite_values(values)
     if options.log:
         data = data[data > 0]
@@ -137,11 +146,18 @@ def value_range(values: np.ndarray, options: PlotOptions) -> tuple[float, float]
         )
     low = float(data.min()) if options.vmin is None else float(options.vmin)
     high = float(data.max()) if options.vmax is None else float(options.vmax)
-    if options.log and low <= 0:
-        low = float(data.min())
     if not high > low:
         high = low * 10 if options.log else low + max(abs(low), 1.0) * 1e-3
     return low, high
+
+
+def check_log_limits(options: PlotOptions) -> None:
+    """Refuse a non-positive ``--vmin`` on a log scale: a log colour scale or loss axis cannot
+    reach it, and quietly starting at the data's minimum instead would draw other limits than
+    asked. (The 3-D kinds' ``--log`` is ln(loss + 0.1), which does not go through here.)"""
+    if options.log and options.vmin is not None and not options.vmin > 0:
+        raise LlvError(f"--log needs a positive --vmin, got {options.vmin:g} (a log scale cannot "
+                       "reach it); leave --vmin out to start at the smallest positive value")
 
 
 def _round(levels) -> np.ndarray:
@@ -257,9 +273,54 @@ def major_levels(levels: np.ndarray, limit: int = MAX_COLORBAR_LABELS) -> np.nda
     return levels[::-1][::step][::-1]
 
 
+def spaced_labels(levels: np.ndarray, positions: np.ndarray, gap: float) -> np.ndarray:
+    """The ``levels`` (at ``positions``, fractions along the bar) that keep a number when no two
+    numbers may be closer than ``gap``: the top level first, then the bottom one (the two ends
+    of the scale, e.g. a ``--vmin`` of 0.45), then the others from the top down, each only
+    where it clears every number already kept. A level that loses its number keeps its tick.
+
+    >>> spaced_labels(np.array([0.45, 0.5, 1.0, 2.0]), np.array([0.0, 0.02, 0.5, 1.0]), 0.05).tolist()
+    [0.45, 1.0, 2.0]
+    """
+    levels, positions = np.asarray(levels, dtype=float), np.asarray(positions, dtype=float)
+    count = len(levels)
+    if count <= 1:
+        return levels
+    kept: list[int] = []
+    for index in (count - 1, 0, *range(count - 2, 0, -1)):
+        if all(abs(positions[index] - positions[k]) >= gap for k in kept):
+            kept.append(index)
+    return levels[sorted(kept)]
+
+
+def _label_gap(figure: Figure, bar) -> float:
+    """The least distance, as a fraction of the colour bar's length, between two tick numbers:
+    1.4 label heights (at the tick font size) over the bar's length in the figure."""
+    from matplotlib import rcParams
+
+    size = FontProperties(size=rcParams["ytick.labelsize"]).get_size_in_points()
+    box = bar.ax.get_position()
+    vertical = bar.orientation == "vertical"
+    length = (box.height * figure.get_figheight() if vertical
+              else box.width * figure.get_figwidth())  # inches
+    return max(1.4 * size / 72.0 / length, 0.02) if length > 0 else 0.05
+
+
+def _bar_positions(bar, values: np.ndarray) -> np.ndarray:
+    """Where ``values`` sit along the colour bar, as fractions of its length (its own scale:
+    linear, logarithmic, or one colour per interval)."""
+    vertical = bar.orientation == "vertical"
+    points = np.column_stack([np.full(values.size, 0.5), values])
+    if not vertical:
+        points = points[:, ::-1]
+    axes = bar.ax.transAxes.inverted().transform(bar.ax.transData.transform(points))
+    return axes[:, 1] if vertical else axes[:, 0]
+
+
 def add_colorbar(figure: Figure, mappable, ax, label: str = "", levels=None, **kwargs):
     """A labelled colour bar; with ``levels``, a tick at every level (numbered as
-    :func:`major_levels` chooses, the top level always), else short ``%.3g`` labels."""
+    :func:`major_levels` chooses, the top level always, and never two numbers closer than
+    about a label's height: :func:`spaced_labels`), else short ``%.3g`` labels."""
     bar = figure.colorbar(mappable, ax=ax, label=label, **kwargs)
     if levels is not None:
         norm = mappable.norm
@@ -267,13 +328,15 @@ def add_colorbar(figure: Figure, mappable, ax, label: str = "", levels=None, **k
         span = 1e-9 * abs(norm.vmax - norm.vmin)
         inside = levels[(levels >= norm.vmin - span) & (levels <= norm.vmax + span)]
         major = major_levels(inside)
-        bar.ax.yaxis.set_major_locator(FixedLocator(major))
-        bar.ax.yaxis.set_major_formatter(FixedFormatter([format_level(v) for v in major]))
-        bar.ax.yaxis.set_minor_locator(FixedLocator(inside))
-        bar.ax.yaxis.set_minor_formatter(NullFormatter())
+        if major.size > 1:
+            major = spaced_labels(major, _bar_positions(bar, major), _label_gap(figure, bar))
+        bar.long_axis.set_major_locator(FixedLocator(major))
+        bar.long_axis.set_major_formatter(FixedFormatter([format_level(v) for v in major]))
+        bar.long_axis.set_minor_locator(FixedLocator(inside))
+        bar.long_axis.set_minor_formatter(NullFormatter())
     elif isinstance(mappable.norm, LogNorm):
-        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: format_level(value)))
-        bar.ax.yaxis.set_minor_formatter(NullFormatter())
+        bar.long_axis.set_major_formatter(FuncFormatter(lambda value, _: format_level(value)))
+        bar.long_axis.set_minor_formatter(NullFormatter())
     return bar
 
 

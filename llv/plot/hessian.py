@@ -18,6 +18,7 @@ from llv.console import LlvError
 from llv.plot._figure import (
     PlotOptions,
     add_colorbar,
+    check_log_limits,
     contour_levels,
     label_contours,
     new_figure,
@@ -29,6 +30,63 @@ from llv.plot.io import HessianPoint, Surface, load_hessian_point, load_surface
 from llv.plot.surface import draw_map, mark_gaps, smoothed, with_note
 
 RATIO_LABEL = "|λmin / λmax|"
+_LOG_SCALE = " (log scale)"
+
+
+def map_hvp_note(surface: Surface) -> str:
+    """How many Hessian-vector products a grid map took: the total over the points computed
+    and the mean per point, from its ``num_hvp`` dataset (one count per point and member).
+
+    >>> from types import SimpleNamespace
+    >>> map_hvp_note(SimpleNamespace(values={"num_hvp": np.array([[40.0, 60.0], [50.0, np.nan]])}))
+    '150 Hessian-vector products (50 per point)'
+    """
+    counts = surface.values.get("num_hvp")
+    if counts is None:
+        return "Hessian-vector products not recorded"
+    counts = np.asarray(counts, dtype=float)
+    counts = counts[np.isfinite(counts)]
+    if counts.size == 0:
+        return "no Hessian-vector products recorded"
+    total = int(round(counts.sum()))
+    return f"{total:,} Hessian-vector products ({counts.mean():.3g} per point)"
+
+
+_HVP_PARTS = (("num_hvp_extremes", "λmax/λmin"), ("num_hvp_top_k", "top-k"),
+              ("num_hvp_trace", "trace"), ("num_hvp_density", "density"))
+
+
+def point_hvp_note(attrs: dict) -> str:
+    """How many Hessian-vector products a point file's results took: the total and each part,
+    from its ``num_hvp_<part>`` attributes (top-k from the same Lanczos run as λmax/λmin,
+    ``shared_krylov``, is counted once).
+
+    >>> point_hvp_note({"num_hvp_extremes": 60, "num_hvp_top_k": 60, "shared_krylov": True,
+    ...                 "num_hvp_trace": 200, "num_hvp_density": 900})
+    '1,160 Hessian-vector products (λmax/λmin and top-k 60, trace 200, density 900)'
+    """
+    shared = bool(attrs.get("shared_krylov")) and attrs.get("num_hvp_extremes") is not None
+    parts, total = [], 0
+    known = {key for key, _ in _HVP_PARTS}
+    named = list(_HVP_PARTS) + [(k, k.removeprefix("num_hvp_").replace("_", " "))
+                                for k in sorted(attrs) if k.startswith("num_hvp_") and k not in known]
+    for key, name in named:
+        value = attrs.get(key)
+        if value is None:
+            continue
+        try:
+            count = int(round(float(value)))
+        except (TypeError, ValueError):
+            continue
+        if key == "num_hvp_top_k" and shared:
+            continue  # the same products as λmax/λmin
+        if key == "num_hvp_extremes" and shared and attrs.get("num_hvp_top_k") is not None:
+            name = "λmax/λmin and top-k"
+        parts.append(f"{name} {count:,}")
+        total += count
+    if not parts:
+        return "Hessian-vector products not recorded"
+    return f"{total:,} Hessian-vector products ({', '.join(parts)})"
 
 
 def eigen_ratio(surface: Surface) -> np.ndarray:
@@ -52,14 +110,15 @@ def draw_hessian(ax, surface: Surface, options: PlotOptions):
     options = dataclasses.replace(options, log=bool(options.log))
     if options.vmin is None and not options.log:
         options = dataclasses.replace(options, vmin=0.0)
-    title = surface_title(surface, "max_eig")
+    title = with_note(surface_title(surface, "max_eig"), map_hvp_note(surface))
     if not surface.is_2d:
+        check_log_limits(options)
         ax.plot(surface.x, ratio, color="tab:purple", marker=".", label=RATIO_LABEL)
         if options.log:
             ax.set_yscale("log")
         ax.set_ylim(options.vmin, options.vmax)
         ax.set_xlabel("α")
-        ax.set_ylabel(RATIO_LABEL)
+        ax.set_ylabel(RATIO_LABEL + (_LOG_SCALE if options.log else ""))
         ax.set_title(f"{RATIO_LABEL} · {title}", fontsize="medium")
         return ax
     low, high = value_range(ratio, options)
@@ -76,7 +135,8 @@ def draw_hessian(ax, surface: Surface, options: PlotOptions):
         alpha=0.8,
     )
     gaps = mark_gaps(ax, surface, ratio)
-    add_colorbar(ax.figure, heat, ax=ax, label=RATIO_LABEL, levels=levels)
+    add_colorbar(ax.figure, heat, ax=ax, label=RATIO_LABEL + (_LOG_SCALE if options.log else ""),
+                 levels=levels)
     ax.set_title(with_note(f"{RATIO_LABEL} · {title}", note), fontsize="medium")
     legend = ax.legend(handles=gaps, loc="lower left", fontsize="x-small") if gaps else None
     labels = label_contours(ax, lines, avoid=[legend])
@@ -169,7 +229,8 @@ def figure_spectrum(point: HessianPoint, options: PlotOptions) -> Figure:
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
         )
     ax.legend(loc="upper left", fontsize="small")
-    ax.set_title(f"Hessian eigenvalue density · {point_title(point)}")
+    ax.set_title(f"Hessian eigenvalue density · {point_title(point)}\n"
+                 f"{point_hvp_note(point.attrs)}", fontsize="medium")
     return figure
 
 

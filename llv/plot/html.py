@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError, log
+from llv.fsio import atomic_write
 from llv.plot._figure import PlotOptions, contour_levels, metric_label, resolve_log, value_range
 from llv.plot.io import Surface, load_surface
 
@@ -197,10 +198,10 @@ def _panel_name(surface: Surface) -> str:
 
 def write_figure(figure, out: Path) -> Path:
     """Write ``figure`` as one page that fills the browser window; plotly.js as ``--plotly`` says."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     inline = _source["plotly"] == "inline"
-    figure.write_html(out, include_plotlyjs=True if inline else "cdn", full_html=True,
-                      config={"responsive": True}, default_width="100%", default_height="95vh")
+    page = figure.to_html(include_plotlyjs=True if inline else "cdn", full_html=True,
+                          config={"responsive": True}, default_width="100%", default_height="95vh")
+    atomic_write(out, lambda handle: handle.write(page), "HTML page", text=True)
     log.info("wrote %s", out)
     return out
 

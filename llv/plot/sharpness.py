@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from llv.console import LlvError, log, print_table
+from llv.fsio import atomic_write
 from llv.plot._figure import PlotOptions, new_figure, run_label, save_figure
 from llv.plot.io import load_hessian_point
 
@@ -188,11 +189,13 @@ def _cell(value: float) -> str:
 
 def write_csv(rows: list[ModelRow], out: Path) -> Path:
     """Machine-readable table: ``model``, every :data:`COLUMNS` key, ``file``."""
-    with open(out, "w", newline="") as handle:
+    def write(handle) -> None:
         writer = csv.writer(handle)
         writer.writerow(["model", *COLUMNS, "file"])
         for row in rows:
             writer.writerow([row.label, *(repr(row.values[k]) for k in COLUMNS), str(row.path)])
+
+    atomic_write(out, write, "sharpness table", text=True)
     log.info("wrote %s", out)
     return out
 
@@ -221,7 +224,8 @@ def write_markdown(rows: list[ModelRow], taus: dict, out: Path) -> Path:
         lines += [f"With fewer than {MIN_MODELS} models τ is not meaningful: it can take only a "
                   "few values (±1 for two models) and no ranking of three models is significant."]
     lines += ["", f"Inputs: {', '.join(str(r.path) for r in rows)}", ""]
-    out.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    atomic_write(out, lambda handle: handle.write(text), "sharpness report", text=True)
     log.info("wrote %s", out)
     return out
 
@@ -276,7 +280,6 @@ def plot_sharpness(paths: list[Path], out: Path, options: PlotOptions) -> list[P
     if len(rows) < MIN_MODELS:
         log.warning(f"Kendall's τ over {len(rows)} models is not meaningful (it can take only a "
                     f"few values); compare at least {MIN_MODELS} models")
-    out.parent.mkdir(parents=True, exist_ok=True)
     markdown = write_markdown(rows, taus, out.with_suffix(".md"))
     table = write_csv(rows, out.with_suffix(".csv"))
     figure = save_figure(figure_sharpness(rows, taus, options), out, options.fmt)

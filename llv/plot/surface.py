@@ -25,6 +25,7 @@ from llv.plot._figure import (
     PlotOptions,
     add_colorbar,
     cell_edges,
+    check_log_limits,
     color_norm,
     computed_mask,
     contour_levels,
@@ -142,14 +143,19 @@ def _clip_below(polygon: np.ndarray, top: float) -> np.ndarray:
     return np.array(kept)
 
 
-def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMOOTH_POINTS):
+def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMOOTH_POINTS,
+             log: bool = False):
     """A (ny, nx) grid resampled to about ``points`` per axis by bicubic spline interpolation
     through every grid value; points nearest a missing value stay missing.
 
-    A surface with walls (positive values whose largest exceeds ``LOG_SPAN`` × their median,
-    as a loss surface beyond its basin) is interpolated as its logarithm, and each new point is
-    kept between the values at the corners of its grid cell: a spline through a wall 10⁵
-    times the basin's loss would ring into bands and checkerboards that are not in the data.
+    With ``log`` (a log colour scale) and positive values, the spline goes through
+    log(values) and is exponentiated, so it is smooth on the scale drawn. A surface with walls
+    (positive values whose largest exceeds ``LOG_SPAN`` × their median, as a loss surface
+    beyond its basin) is interpolated as its logarithm too, and each new point is kept between
+    the values at the corners of its grid cell: a spline through a wall 10⁵ times the basin's
+    loss would ring into bands and checkerboards that are not in the data. Otherwise the spline
+    is left as it is (a cubic is reproduced exactly); :func:`smoothed`, what figures draw,
+    also clips it to the computed values' range.
 
     Returns ``(x, y, values)`` of the finer grid.
     """
@@ -164,8 +170,10 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
         raise LlvError("no finite values to smooth")
     nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
     filled = values[tuple(nearest)]
-    steep = bool((filled > 0).all() and filled.max() > LOG_SPAN * np.median(filled))
-    work = np.log(filled) if steep else filled
+    positive = bool((filled > 0).all())
+    steep = positive and bool(filled.max() > LOG_SPAN * np.median(filled))
+    logarithmic = positive and (steep or bool(log))
+    work = np.log(filled) if logarithmic else filled
     fine_x = np.linspace(x[0], x[-1], max(len(x), points))
     fine_y = np.linspace(y[0], y[-1], max(len(y), points))
     spline = RectBivariateSpline(y, x, work, kx=3, ky=3, s=0)
@@ -174,7 +182,9 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
         cell_x = np.clip(np.searchsorted(x, fine_x, side="right") - 1, 0, len(x) - 2)
         cell_y = np.clip(np.searchsorted(y, fine_y, side="right") - 1, 0, len(y) - 2)
         corners = [work[np.ix_(cell_y + i, cell_x + j)] for i in (0, 1) for j in (0, 1)]
-        fine = np.exp(np.clip(fine, np.minimum.reduce(corners), np.maximum.reduce(corners)))
+        fine = np.clip(fine, np.minimum.reduce(corners), np.maximum.reduce(corners))
+    if logarithmic:
+        fine = np.exp(fine)
     near_x = np.abs(fine_x[:, None] - x[None, :]).argmin(axis=1)
     near_y = np.abs(fine_y[:, None] - y[None, :]).argmin(axis=1)
     fine[missing[np.ix_(near_y, near_x)]] = np.nan
@@ -183,10 +193,18 @@ def upsample(x: np.ndarray, y: np.ndarray, values: np.ndarray, points: int = SMO
 
 def smoothed(surface: Surface, values: np.ndarray, options: PlotOptions):
     """What a map draws: ``(grid with .x and .y, values, note)``, upsampled by :func:`upsample`
-    with ``smooth`` (the note says so), else the surface's own grid and no note."""
+    with ``smooth`` (the note says so), else the surface's own grid and no note.
+
+    The upsampled values are clipped to the computed values' [min, max]: a bicubic spline
+    overshoots on coarse grids and would invent a basin lower (or a wall higher) than anything
+    computed. On a log colour scale the spline goes through log(values) (:func:`upsample`).
+    """
     if not options.smooth:
         return surface, values, None
-    fine_x, fine_y, fine = upsample(surface.x, surface.y, values)
+    fine_x, fine_y, fine = upsample(surface.x, surface.y, values, log=bool(options.log))
+    computed = finite_values(values)
+    with np.errstate(invalid="ignore"):
+        fine = np.clip(fine, computed.min(), computed.max())  # NaN (missing) stays NaN
     note = (f"interpolated (bicubic, {len(surface.x)}×{len(surface.y)} → "
             f"{len(fine_x)}×{len(fine_y)})")
     return SimpleNamespace(x=fine_x, y=fine_y), fine, note
@@ -226,6 +244,7 @@ def draw_1d(ax_loss: Axes, surface: Surface, options: PlotOptions) -> Axes:
     x = surface.x
     # the scale follows the first loss (training before test), as on the 2-D kinds
     options = resolve_log(options, surface.grid(losses[0]) if losses else np.zeros(0))
+    check_log_limits(options)  # a log loss axis cannot reach a non-positive --vmin
     for metric in losses:
         _draw_curve(ax_loss, x, surface, metric, _LOSS_COLOR)
     ax_acc = ax_loss.twinx() if accuracies else ax_loss

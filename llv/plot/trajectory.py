@@ -1,7 +1,18 @@
-"""The optimizer's path projected on its top-2 principal directions, over the loss contours."""
+"""The optimizer's path projected on its top-2 principal directions, over the loss contours.
+
+A surface drawn under the path must be computed along the path's own directions: its
+``direction_sha256`` attribute must equal the SHA-256 of the projection's directions (the
+``sha256`` attribute of the projection's ``dir_file``, found beside the projection, or a
+``direction_sha256`` attribute of the projection itself). A surface along other directions
+(random ones, another run's PCA) is refused, since its α and β are not the path's coordinates.
+Where a digest is not available on one side (files of older versions or of the reference
+implementation), the check falls back to whether both name the same direction file, and
+otherwise draws with a warning (none for the projection's own ``surface_file``).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +51,7 @@ def figure_trajectory(
     mappable, note = None, None
     if surface is not None:
         require_2d(surface, "trajectory")
+        check_same_directions(projection, surface)
         metric = options.metric or surface.default_metric()
         values = surface.grid(metric)
         options = resolve_log(options, values)
@@ -74,6 +86,8 @@ def figure_trajectory(
     ratio = projection.explained_variance_ratio
     first = float(ratio[0]) if ratio is not None and ratio.size > 0 else None
     second = float(ratio[1]) if ratio is not None and ratio.size > 1 else None
+    if surface is not None:
+        _show_whole_path(ax, surface, projection)
     ax.set_xlabel(axis_label("1st", first))
     ax.set_ylabel(axis_label("2nd", second))
     legend = ax.legend(loc="best", fontsize="small")
@@ -86,6 +100,94 @@ def figure_trajectory(
     if mappable is not None:
         label_contours(ax, mappable, avoid=[_densified(projection.x, projection.y), legend])
     return figure
+
+
+def _show_whole_path(ax, surface: Surface, projection: Projection, pad: float = 0.03) -> None:
+    """Axis limits that hold the surface's box and every point of the path (the path may start
+    outside the box: a surface computed over a smaller box, or given by hand)."""
+    for set_limits, box, path in ((ax.set_xlim, surface.x, projection.x),
+                                  (ax.set_ylim, surface.y, projection.y)):
+        box = np.asarray(box, dtype=float)
+        path = np.asarray(path, dtype=float)
+        path = path[np.isfinite(path)]
+        low, high = float(np.nanmin(box)), float(np.nanmax(box))
+        if path.size:
+            margin = pad * (max(high, path.max()) - min(low, path.min()))
+            if path.min() < low:
+                low = float(path.min()) - margin
+            if path.max() > high:
+                high = float(path.max()) + margin
+        set_limits(low, high)
+
+
+def directions_digest(path: Path | None, attrs: dict) -> tuple[str | None, Path | None]:
+    """``(SHA-256, direction file)`` of the directions a result was computed along: its
+    ``direction_sha256`` attribute, else the ``sha256`` attribute of its ``dir_file`` (computed
+    from the file's tensors for a direction file without one); either may be None."""
+    found = _dir_file(path, attrs)
+    recorded = attrs.get("direction_sha256")
+    if recorded:
+        return str(recorded), found
+    if found is None:
+        return None, None
+    try:
+        from llv.h5 import open_h5
+
+        with open_h5(found, "a direction file") as h5:
+            digest = h5.attrs.get("sha256")
+    except (LlvError, OSError):
+        return None, found
+    if digest is None:  # a reference direction file: hash its tensors (reads torch, rarely)
+        from llv.results import _digest_of
+
+        return _digest_of(found), found
+    return (digest.decode() if isinstance(digest, bytes) else str(digest)), found
+
+
+def _dir_file(path: Path | None, attrs: dict) -> Path | None:
+    """A result's ``dir_file``: beside the result, as recorded, or its name beside the result."""
+    name = attrs.get("dir_file")
+    if not name:
+        return None
+    recorded = Path(str(name))
+    folder = Path(path).parent if path is not None else Path()
+    for candidate in dict.fromkeys((folder / recorded, recorded, folder / recorded.name)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_same_directions(projection: Projection, surface: Surface) -> None:
+    """Refuse a surface computed along other directions than the path's (see the module doc).
+
+    Raises:
+        LlvError: both digests are known and differ.
+    """
+    path_digest, path_file = directions_digest(projection.path, projection.attrs)
+    surface_digest, surface_file = directions_digest(surface.path, surface.attrs)
+    if path_digest and surface_digest:
+        if path_digest != surface_digest:
+            where = f" ({path_file})" if path_file is not None else ""
+            raise LlvError(
+                f"{surface.path} was computed along other directions than the path of "
+                f"{projection.path}: its direction_sha256 {surface_digest[:12]}… differs from the "
+                f"projection's directions{where} {path_digest[:12]}…; draw the trajectory's own "
+                "surface, or compute one with dir_file= set to the projection's directions")
+        return
+    if path_file is not None and surface_file is not None and _same_file(path_file, surface_file):
+        return
+    own = (projection.surface_file is not None and surface.path is not None
+           and _same_file(projection.surface_file, surface.path))
+    if not own:
+        log.warning(f"cannot check that {surface.path} was computed along the directions of the "
+                    f"path in {projection.path} (no direction digest recorded); drawing it anyway")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _densified(x: np.ndarray, y: np.ndarray, per_step: int = 8) -> np.ndarray:

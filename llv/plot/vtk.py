@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llv.console import LlvError, log
+from llv.fsio import atomic_write
 from llv.plot._figure import PlotOptions
 from llv.plot.io import Surface, load_surface
 from llv.plot.surface import height, require_2d
@@ -160,7 +161,6 @@ def plot_vtk(paths: list[Path], out: Path, options: PlotOptions) -> list[Path]:
     if out.suffix.lower() != ".vtp":
         raise LlvError(f"--out {out}: 'llv plot vtk' writes a .vtp file; give --out a name ending in .vtp")
     text = surface_vtp(load_surface(path), options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write(out, lambda handle: handle.write(text), "VTK file", text=True)
     log.info("wrote %s", out)
     return [out]
