@@ -404,7 +404,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
         print_table(f"{run_attrs['command']} summary", ["figure", "value"], rows)
         if not file.done.all():
             log.info(f"stopped with {int((~file.done).sum())} points to go"
-                     + (f": resume with resume={file.path}" if file.path else ""))
+                     + (f": resume with resume={Path(file.path).resolve()}" if file.path else ""))
     return Surface.of(file.to_surface(), directions)
 
 

@@ -69,3 +69,16 @@ def test_in_fast_mode_the_centre_is_judged_within_its_standard_errors(tmp_path):
     wrong = save_checkpoint(tmp_path / "wrong.pt", model, 0, cfg, {"train_loss": loss + 10})
     with pytest.raises(LlvError, match=r"fast mode\) differs from the checkpoint's recorded"):
         surface_task.run(compose("surface", [*data, f"checkpoint={wrong}", *fast]))
+
+
+def test_a_fast_mode_cross_check_disagreement_is_information_not_an_alarm(tmp_path, capfd):
+    # a second difference of estimates carries their s.e. ÷ step²: expected to differ from dᵀHd
+    data = [*tiny_overrides(tmp_path), "dataset.num_train=400", "eval.batch_size=8", "grid.x=-1:1:3",
+            "grid.y=-1:1:3", f"checkpoint={save_tiny_checkpoint(tmp_path)}", "eval.approx=true",
+            "eval.approx_start=16", "eval.target_se=0.05"]
+    surface_task.run(compose("surface", data))
+    captured = capfd.readouterr()
+    printed = " ".join((captured.err + captured.out).split())
+    assert "INFO cross-check along x" in printed and "WARNING cross-check" not in printed
+    assert "the surface is approximate (eval.approx)" in printed
+    assert "too few points around 0" in printed  # 3 points a side: no ± discretization error
