@@ -174,6 +174,39 @@ def load(path: str | Path, space: ParameterSpace, ndim: int | None = None) -> Di
     return Directions(space, axes, ndim, attrs)
 
 
+def load_file(path: str | Path) -> Directions:
+    """A direction file read without a model: its tensors' names and shapes come from the file
+    (positions ``0, 1, …`` for the reference's files, which store no names)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        count = len(f["xdirection"].keys())
+        shapes = [torch.Size(f["xdirection"][str(i)].shape) for i in range(count)]
+        names = f.attrs.get("names")
+        space_type = f.attrs.get("type", "weights")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names is not None else [
+        str(i) for i in range(count)]
+    space_type = space_type.decode() if isinstance(space_type, bytes) else str(space_type)
+    space = ParameterSpace(space_type, names, shapes, [True] * count)
+    axes, ndim, attrs = direction_file.read(path, names, shapes, space_type)
+    return Directions(space, axes, ndim, attrs)
+
+
+def file_digest(path: str | Path) -> str | None:
+    """The SHA-256 of the directions in a direction file (llv records it; computed for the
+    reference's files); None for a file that is not one."""
+    from llv.h5 import open_h5
+
+    try:
+        with open_h5(path, "a direction file") as f:
+            recorded = f.attrs.get("sha256")
+        if recorded is not None:
+            return recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+        return load_file(path).digest()
+    except (LlvError, OSError, KeyError, ValueError):
+        return None
+
+
 def save(directions: Directions, path: str | Path, extra_attrs: dict | None = None) -> Path:
     """Write a direction file atomically (a killed run never leaves half a file)."""
     return directions.save(path, extra_attrs)

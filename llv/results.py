@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llv.direction import file_digest, load_file
 from llv.errors import LlvError
 from llv.h5 import open_h5
 from llv.storage import directions as direction_file
@@ -187,9 +188,9 @@ def save_directions_beside(directions, path: Path) -> Path:
     directions is kept as it is)."""
     digest = directions.digest()
     beside = path.with_name(direction_file.FILE)
-    if beside == path or (beside.exists() and _digest_of(beside) != digest):
+    if beside == path or (beside.exists() and file_digest(beside) != digest):
         beside = path.with_name(SIDE_DIRECTIONS.format(stem=path.stem))
-    if not (beside.exists() and _digest_of(beside) == digest):
+    if not (beside.exists() and file_digest(beside) == digest):
         directions.save(beside)
     return beside
 
@@ -205,7 +206,7 @@ def find_dir_file(path: Path | None, attrs: dict) -> Path | None:
     folder = Path(path).parent if path is not None else Path()
     expected = attrs.get("direction_sha256")
     for candidate in dict.fromkeys((folder / recorded, recorded, folder / recorded.name)):
-        if candidate.is_file() and (not expected or _digest_of(candidate) == expected):
+        if candidate.is_file() and (not expected or file_digest(candidate) == expected):
             return candidate
     return None
 
@@ -222,7 +223,7 @@ def directions_of(result) -> object | None:
                         "(missing, or it holds other directions): .directions is None")
         return None
     try:
-        directions = _load_directions(found)
+        directions = load_file(found)
     except LlvError as exc:
         log.warning(f"the directions of {result.path} are not readable: {exc}")
         return None
@@ -232,19 +233,6 @@ def directions_of(result) -> object | None:
                     "(their SHA-256 differs from its direction_sha256): .directions is None")
         return None
     return directions
-
-
-def _digest_of(path: Path) -> str | None:
-    """The SHA-256 of the directions in a direction file (llv records it; computed for the
-    reference's files); None for a file that is not one."""
-    try:
-        with open_h5(path, "a direction file") as f:
-            recorded = f.attrs.get("sha256")
-        if recorded is not None:
-            return recorded.decode() if isinstance(recorded, bytes) else str(recorded)
-        return _load_directions(path).digest()
-    except (LlvError, OSError, KeyError, ValueError):
-        return None
 
 
 @dataclass
@@ -316,7 +304,7 @@ def load(path: str | Path):
     with open_h5(path, "an llv or reference result file") as f:
         keys = set(f.keys())
     if "xdirection" in keys:
-        return _load_directions(path)
+        return load_file(path)
     if "curve" in keys:  # llv.connect / llv interpolate path=bezier|polychain
         from llv.curves import Connection
 
@@ -331,23 +319,3 @@ def load(path: str | Path):
         return surface
     raise LlvError(f"{path} is not an llv or reference result file (no coordinates, directions, "
                    "eigenvalues or projection)")
-
-
-def _load_directions(path: Path):
-    import h5py
-    import torch
-
-    from llv.direction import Directions
-    from llv.params import ParameterSpace
-
-    with h5py.File(path, "r") as f:
-        count = len(f["xdirection"].keys())
-        shapes = [torch.Size(f["xdirection"][str(i)].shape) for i in range(count)]
-        names = f.attrs.get("names")
-        space_type = f.attrs.get("type", "weights")
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names is not None else [
-        str(i) for i in range(count)]
-    space_type = space_type.decode() if isinstance(space_type, bytes) else str(space_type)
-    space = ParameterSpace(space_type, names, shapes, [True] * count)
-    axes, ndim, attrs = direction_file.read(path, names, shapes, space_type)
-    return Directions(space, axes, ndim, attrs)

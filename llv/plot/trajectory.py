@@ -138,9 +138,9 @@ def directions_digest(path: Path | None, attrs: dict) -> tuple[str | None, Path 
     except (LlvError, OSError):
         return None, found
     if digest is None:  # a reference direction file: hash its tensors (reads torch, rarely)
-        from llv.results import _digest_of
+        from llv.direction import file_digest
 
-        return _digest_of(found), found
+        return file_digest(found), found
     return (digest.decode() if isinstance(digest, bytes) else str(digest)), found
 
 

@@ -634,11 +634,10 @@ def _direction_digests(path: Path) -> set[str]:
     """The SHA-256 of the directions in a direction file, computed from its values (a file whose
     values changed fails however its attrs read): of every axis, and of the x axes alone (a 1D
     grid along a 2D file)."""
-    from llv.direction import Directions
-    from llv.results import _load_directions
+    from llv.direction import Directions, load_file
 
     try:
-        whole = _load_directions(path)
+        whole = load_file(path)
     except Exception:  # not a direction file: no digest matches
         return set()
     digests = {whole.digest()}
