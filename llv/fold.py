@@ -38,7 +38,6 @@ True
 from __future__ import annotations
 
 import copy
-import functools
 import operator
 import time
 from collections import Counter
@@ -125,8 +124,7 @@ class FoldedForward:
                  example_kwargs: Mapping | None = None):
         self.not_folded: dict[str, str] = {}
         self._folds: list[_Fold] = []
-        self.inplace_activations = self.inplace_sums = self.fused_convs = 0
-        self.not_fused = ""
+        self.inplace_activations = self.inplace_sums = 0
         self._traced: torch.fx.GraphModule | None = None
         #: set when the model cannot be copied: it then runs as it is, unfolded, in eval mode
         self._original: nn.Module | None = None
@@ -213,10 +211,6 @@ class FoldedForward:
                   f"the layer's output must be {f.rank_to_check}-D)"
                   for f in self._folds if f.rank_to_check]
         lines += [why if name == "*" else f"not folded: {name}: {why}" for name, why in self.not_folded.items()]
-        if self.fused_convs:
-            lines.append(f"fused: {self.fused_convs} conv → ReLU chains into one oneDNN call each (fp32, CPU)")
-        elif self.not_fused:
-            lines.append(f"not fused: {self.not_fused}")
         return "\n".join(lines) if lines else "no BatchNorm layers: nothing to fold"
 
     # ------------------------------------------------------------------ finding the pairs
@@ -323,11 +317,6 @@ class FoldedForward:
                                                       device=layer.weight.device))
         self.inplace_sums = _sums_in_place(folded)
         self.inplace_activations = _activations_in_place(folded)
-        why_not_fused = _fusion_unavailable()
-        if why_not_fused:
-            self.not_fused = why_not_fused
-        else:
-            self.fused_convs = _fuse_conv_activations(folded)
         graph.lint()
         folded.recompile()
         self._folded_names = list(_full_state(folded))
@@ -514,113 +503,6 @@ def _activations_in_place(module: torch.fx.GraphModule) -> int:
         _replace(graph, node, torch.relu_, (node.args[0],))
         rewritten += 1
     return rewritten
-
-
-def _fuse_conv_activations(module: torch.fx.GraphModule) -> int:
-    """``relu(conv(x))`` and ``relu(conv(x) + other)`` as one oneDNN call each.
-
-    oneDNN applies the ReLU (and the sum) to the convolution's output while it is still in
-    registers, so the activation is written once instead of three times (conv, sum, ReLU): in
-    the same run a ResNet-20 point over 512 images took 0.78× the CPU time of the in-place
-    version, to the same bits. These are the kernels ``torch.compile`` calls on the CPU
-    (``torch.ops.mkldnn._convolution_pointwise``), used here without compiling. Only exact
-    ``Conv2d`` modules with numeric padding whose output feeds the ReLU (or the sum) alone are
-    rewritten, and each call falls back to the plain ops wherever the kernel does not apply
-    (:func:`_can_fuse`). Run after :func:`_activations_in_place` and :func:`_sums_in_place`,
-    whose ``torch.relu_`` and ``_add_into`` it matches. Returns the number of chains rewritten.
-    """
-    graph, rewritten = module.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not torch.relu_:
-            continue
-        source, other = node.args[0], None
-        if source.op == "call_function" and source.target is _add_into and len(source.users) == 1:
-            source, other = source.args
-        if not (source.op == "call_module" and len(source.users) == 1 and len(source.args) == 1
-                and not source.kwargs):
-            continue
-        conv = module.get_submodule(source.target)
-        if (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
-                or _has_forward_hooks(conv)):
-            continue
-        with graph.inserting_before(source):
-            weight = graph.get_attr(f"{source.target}.weight")
-            bias = graph.get_attr(f"{source.target}.bias") if conv.bias is not None else None
-        options = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        if other is None:
-            _replace(graph, node, _conv_relu, (source.args[0], weight, bias, *options))
-        else:
-            summed = node.args[0]
-            _replace(graph, node, _conv_add_relu, (source.args[0], weight, bias, other, *options))
-            graph.erase_node(summed)
-        graph.erase_node(source)
-        rewritten += 1
-    return rewritten
-
-
-def _can_fuse(*tensors) -> bool:
-    """Whether oneDNN's fused kernel applies: float32 CPU tensors outside vmap, autograd, autocast
-    and ``torch.compile`` (which traces the plain ops and fuses them itself)."""
-    if torch.compiler.is_compiling() or _cpu_autocast():
-        return False
-    for tensor in tensors:
-        if tensor is None:
-            continue
-        if (tensor.device.type != "cpu" or tensor.dtype != torch.float32 or tensor.layout != torch.strided
-                or torch._C._functorch.is_functorch_wrapped_tensor(tensor)
-                or (tensor.requires_grad and torch.is_grad_enabled())):
-            return False
-    return tensors[0].dim() == 4
-
-
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
-
-
-def _conv_relu(x, weight, bias, stride, padding, dilation, groups):
-    """``relu(conv2d(x))``, in one oneDNN call where :func:`_can_fuse` allows it."""
-    if _can_fuse(x, weight, bias):
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups,
-                                                       "relu", [], "")
-    return torch.relu_(nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups))
-
-
-def _conv_add_relu(x, weight, bias, other, stride, padding, dilation, groups):
-    """``relu(conv2d(x) + other)``, in one oneDNN call where the shapes and :func:`_can_fuse` allow
-    it (a broadcast ``other`` takes the plain ops)."""
-    if isinstance(other, torch.Tensor) and _can_fuse(x, weight, bias, other):
-        size = [x.shape[0], weight.shape[0]] + [
-            (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-            for i in range(2)]
-        if list(other.shape) == size:
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, weight, bias, padding, stride, dilation, groups, "add", None, "relu", [], "")
-    return torch.relu_(_add_into(nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups), other))
-
-
-@functools.cache
-def _fusion_unavailable() -> str:
-    """Why oneDNN's fused conv kernels cannot be used in this process ('' if they can): they must
-    exist and give the plain ops' values on a small case."""
-    if not torch.backends.mkldnn.is_available():
-        return "this torch build has no oneDNN (mkldnn)"
-    try:
-        generator = torch.Generator().manual_seed(0)
-        x, other = (torch.randn(2, 3, 5, 5, generator=generator) for _ in range(2))
-        weight, bias = torch.randn(3, 3, 3, 3, generator=generator), torch.randn(3, generator=generator)
-        options = ([1, 1], [1, 1], [1, 1], 1)
-        plain = nn.functional.conv2d(x, weight, bias, 1, 1)
-        with torch.no_grad():
-            fused = _conv_relu(x, weight, bias, *options), _conv_add_relu(x, weight, bias, other, *options)
-    except Exception as error:  # a missing or changed internal kernel: run the plain ops
-        return f"oneDNN's fused convolution is not usable here ({type(error).__name__})"
-    if not (torch.allclose(fused[0], plain.relu(), atol=1e-5) and
-            torch.allclose(fused[1], (plain + other).relu(), atol=1e-5)):
-        return "oneDNN's fused convolution disagrees with the plain ops here"
-    return ""
 
 
 def _replace(graph: torch.fx.Graph, node, function: Callable, args: tuple) -> None:

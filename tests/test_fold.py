@@ -398,97 +398,6 @@ def test_add_into_writes_only_a_tensor_of_the_result_shape_and_dtype():
     assert _add_into(3, 4) == 7 and torch.equal(_add_into(2, torch.ones(2)), torch.full((2,), 3.0))
 
 
-class BroadcastSum(nn.Module):
-    """conv → BN → (+ a per-channel bias map that broadcasts) → ReLU, then conv → BN → ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.offset = nn.Parameter(torch.randn(1, 4, 1, 1))
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        return F.relu(self.bn2(self.conv2(F.relu(self.bn(self.conv(x)) + self.offset))))
-
-
-def test_conv_relu_chains_run_fused_with_the_same_values_and_fall_back_elsewhere(monkeypatch):
-    import llv.fold as fold
-
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch build has no oneDNN")
-    net = randomize(build_model({"name": "resnet20", "in_channels": 3, "num_classes": 10, "image_size": 8}))
-    monkeypatch.setattr(fold, "_fuse_conv_activations", lambda module: 0)
-    unfused = FoldedForward(net)
-    monkeypatch.undo()
-    forward = FoldedForward(net)
-    # the stem's conv → ReLU, and per residual block conv1 → ReLU and conv2 → + shortcut → ReLU
-    assert forward.fused_convs == 19 and "fused: 19" in forward.explain()
-    state, g = state_of(net), torch.Generator().manual_seed(3)
-    x = torch.randn(6, 3, 8, 8, generator=g)
-    called = {"fused": 0}
-    kernel = torch.ops.mkldnn._convolution_pointwise
-
-    class Counting:  # counts the fused kernel's calls (both overloads) without changing them
-        def __call__(self, *args):
-            called["fused"] += 1
-            return kernel(*args)
-
-        def __getattr__(self, name):
-            called["fused"] += 1
-            return getattr(kernel, name)
-
-    with torch.no_grad():
-        for layout in (torch.contiguous_format, torch.channels_last):
-            xs = x.contiguous(memory_format=layout)
-            want = reference(net, state, xs)
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(torch.ops.mkldnn, "_convolution_pointwise", Counting())
-                got = forward(state, xs)
-            assert called["fused"] == 19  # every chain took the fused kernel, in both layouts
-            called["fused"] = 0
-            assert torch.equal(got, unfused(state, xs))  # the same bits as conv, sum, ReLU apart
-            assert relative_error(got, want) <= TOLERANCE[torch.float32]
-        # several points at once (vmap): the plain ops, the same values as one point at a time
-        varying = points(net, 3)
-        batched = vmap(lambda params, x: forward({**state, **params}, x), in_dims=(0, None))(varying, x)
-        one_by_one = torch.stack([forward({**state, **{n: t[i] for n, t in varying.items()}}, x) for i in range(3)])
-        assert relative_error(batched, one_by_one) <= 1e-6
-        # float64: oneDNN's fused kernel is float32 only; the plain ops give the fp64 values
-        net64 = copy.deepcopy(net).double()
-        forward64 = FoldedForward(net64)
-        assert relative_error(forward64(state_of(net64), x.double()), reference(net64, state_of(net64), x.double())) <= 1e-12
-    # with autograd: the plain ops, and gradients flow through them
-    weight = state["conv1.weight"].clone().requires_grad_()
-    forward({**state, "conv1.weight": weight}, x).square().sum().backward()
-    want_weight = state["conv1.weight"].clone().requires_grad_()
-    reference(net, {**state, "conv1.weight": want_weight}, x).square().sum().backward()
-    assert relative_error(weight.grad, want_weight.grad) <= 1e-5
-    # a sum whose other operand broadcasts: the plain ops for that chain
-    model = randomize(BroadcastSum())
-    forward = FoldedForward(model)
-    assert forward.fused_convs == 2
-    with torch.no_grad():
-        assert relative_error(forward(state_of(model), x), reference(model, state_of(model), x)) <= 1e-6
-
-
-def test_without_the_fused_kernels_nothing_is_fused_and_explain_says_why(monkeypatch):
-    import llv.fold as fold
-
-    fold._fusion_unavailable.cache_clear()
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    try:
-        net = randomize(build_model({"name": "resnet8", "in_channels": 3, "num_classes": 10, "image_size": 8}))
-        forward = FoldedForward(net)
-        assert forward.fused_convs == 0 and "not fused: this torch build has no oneDNN" in forward.explain()
-        x = torch.randn(2, 3, 8, 8)
-        with torch.no_grad():
-            assert relative_error(forward(state_of(net), x), reference(net, state_of(net), x)) <= 1e-6
-    finally:
-        fold._fusion_unavailable.cache_clear()
-
-
 # ---------------------------------------------------------------------- hooks, pruning, parametrizations
 
 
@@ -602,7 +511,7 @@ def test_hooked_relus_and_convs_are_never_rewritten_and_their_hooks_see_the_unfo
     model.conv2.register_forward_hook(lambda m, a, o: seen["conv2"].append(o))  # keeps the tensor itself
     forward = FoldedForward(model)
     assert [(p.layer, p.norm) for p in forward.folded_pairs] == [("conv", "bn")]
-    assert forward.inplace_activations == 0 and forward.fused_convs == 0
+    assert forward.inplace_activations == 0
     x, state = torch.randn(3, 3, 6, 6), state_of(model)
     with torch.no_grad():
         want = reference(model, state, x)
