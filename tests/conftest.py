@@ -49,3 +49,44 @@ def tiny(tmp_path):
     """(overrides with checkpoint=..., checkpoint path) for the conv+BN tiny net."""
     path = save_tiny_checkpoint(tmp_path)
     return [*tiny_overrides(tmp_path), f"checkpoint={path}"], path
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """``llv ARGS`` in this process, as a subprocess would run it, at a fraction of the cost:
+    a ``CompletedProcess`` (returncode, stdout, stderr)."""
+    import subprocess
+
+    from llv import cli, console
+
+    def invoke(*args, env=None):
+        state, level = dict(console._state), console.log.level  # -q must not outlive the call
+        with monkeypatch.context() as patch:
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            code = 0
+            try:
+                cli.main([str(a) for a in args])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            finally:
+                console._state.update(state)
+                console.log.setLevel(level)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return invoke
+
+
+def llv_in_process(*args, capfd=None) -> tuple[int, str]:
+    """``llv ARGS`` through typer's test runner: (exit status, everything it printed)."""
+    from typer.testing import CliRunner
+
+    from llv.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    printed = result.output
+    if capfd is not None:
+        captured = capfd.readouterr()
+        printed += captured.out + captured.err
+    return result.exit_code, printed

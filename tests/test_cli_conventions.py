@@ -33,29 +33,6 @@ def llv(*args, cwd=None, env=None):
                           cwd=cwd, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture
-def run(capsys, monkeypatch):
-    """``llv ARGS`` in this process (as :func:`llv` in a subprocess, at a fraction of the cost)."""
-
-    def invoke(*args, env=None):
-        state, level = dict(console._state), console.log.level  # -q must not outlive the call
-        with monkeypatch.context() as patch:
-            for key, value in (env or {}).items():
-                patch.setenv(key, value)
-            code = 0
-            try:
-                cli.main(list(args))
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-            finally:
-                console._state.update(state)
-                console.log.setLevel(level)
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
-
-    return invoke
-
-
 def one_error_line(result, needle: str) -> str:
     assert result.returncode == 2, result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]

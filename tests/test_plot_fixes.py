@@ -7,14 +7,13 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import subprocess
 
 import h5py
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from llv import cli, console
+from llv import console
 from llv.plot import hessian as hessian_plot
 from llv.plot import surface as surface_plot
 from llv.plot import trajectory as trajectory_plot
@@ -40,26 +39,6 @@ def write_surface(path, fn=decades, x=X5, y=X5, **attrs):
         h5["done"] = np.ones(loss.shape, dtype=bool)
         h5.attrs.update(ATTRS, command="surface", **attrs)
     return path
-
-
-@pytest.fixture
-def run(capsys, monkeypatch):
-    """``llv ARGS`` in this process: (exit code, stdout, stderr)."""
-
-    def invoke(*args):
-        state, level = dict(console._state), console.log.level
-        code = 0
-        try:
-            cli.main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        finally:
-            console._state.update(state)
-            console.log.setLevel(level)
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
-
-    return invoke
 
 
 def error_lines(result) -> list[str]:

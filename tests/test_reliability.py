@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import save_tiny_checkpoint, tiny_overrides
+from conftest import llv_in_process, save_tiny_checkpoint, tiny_overrides
 from typer.testing import CliRunner
 
 from llv.cli import app
@@ -30,12 +30,7 @@ METRICS = ("train_loss", "train_acc", "train_loss_se")
 
 def llv(*args, monkeypatch=None, capfd=None):
     """``llv ARGS`` in this process: (exit status, everything it printed)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    printed = result.output
-    if capfd is not None:
-        captured = capfd.readouterr()
-        printed += captured.out + captured.err
-    return result.exit_code, printed
+    return llv_in_process(*args, capfd=capfd)
 
 
 def llv_process(*args, cwd=None, **options):

@@ -12,23 +12,11 @@ import numpy as np
 import pytest
 import yaml
 from conftest import TINY_DATA, save_tiny_checkpoint, tiny_overrides
-from typer.testing import CliRunner
-
-from llv.cli import app
+from conftest import llv_in_process as llv
 
 GRID = ["grid.x=-1:1:4", "grid.y=-1:1:3", "eval.chunk_points=2", "probe=false",
         "summary.cross_check=false"]
 METRICS = ("train_loss", "train_acc")
-
-
-def llv(*args, capfd=None) -> tuple[int, str]:
-    """``llv ARGS`` in this process: (exit status, everything it printed)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    printed = result.output
-    if capfd is not None:
-        captured = capfd.readouterr()
-        printed += captured.out + captured.err
-    return result.exit_code, printed
 
 
 def values_of(path: Path) -> dict[str, np.ndarray]:
