@@ -10,6 +10,20 @@ Reliability (docs/reliability.md): the run holds the run folder's lock from star
 file is written atomically, so a ``kill -9`` at any moment leaves complete files and a stale
 temporary that the next run removes; Ctrl-C and SIGTERM stop with exit status 130 and 143 and
 print the one-line command that continues the run; a full disk is one line and exit status 2.
+
+Resuming (``train.resume=true``) continues the run in ``out=`` (or the newest run): a path that
+holds no training run (no ``config.yaml``, no epoch checkpoint) is refused, never trained from
+scratch. The run keeps every setting that defines it, as its ``config.yaml`` (else its newest
+checkpoint) records it: model, data set and its split, ``seed``, optimizer, learning rate,
+momentum, Nesterov, weight decay, batch size, milestones and gamma, augmentation, SAM settings,
+and every other key except those of :data:`RESUME_FREE`. A value that differs is refused in one
+line naming the first such key with both values, before any data are read and with nothing
+written. Free to change: ``train.epochs`` (it may grow; it may not fall below the epochs already
+trained), and what only says how or where the run computes and reports: ``device``,
+``train.num_workers``, ``train.save_every`` (which epochs keep a checkpoint; the weights do not
+depend on it), ``eval.batch_size``, ``dist``, ``dataset.root`` and ``dataset.download`` (where
+the same data lie), ``name``, ``outputs``, ``paths``, ``out``. ``config.yaml`` is rewritten
+only after this check, so it never contradicts the epochs already trained.
 """
 
 from __future__ import annotations
@@ -34,6 +48,16 @@ from llv.storage.trainrun import (
 )
 
 METRICS_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+#: Keys (and the keys under them) a resumed run may change: they say how or where it computes,
+#: not what it trains. ``train.epochs`` is checked on its own (it may grow).
+RESUME_FREE = frozenset({
+    "command", "name", "out", "outputs", "paths", "device", "dist", "eval.batch_size",
+    "dataset.root", "dataset.download", "train.resume", "train.num_workers", "train.save_every",
+    "train.epochs",
+})
+#: Keys compared without regard to case (the schema folds them).
+_CASELESS = frozenset({"train.optimizer", "train.sam.base"})
 
 
 def run(cfg) -> Path:
@@ -89,7 +113,9 @@ def _train(cfg, epochs: int, save_every: int, stack: contextlib.ExitStack,
         _lock(run_dir, stack)
         where.run_dir = run_dir
         _refuse_other_command(run_dir)
-        if not resume:
+        if resume:
+            _check_resume(cfg, run_dir, epochs)
+        else:
             _refuse_existing_run(run_dir)
 
     # Data next: a missing data set is one line, before any run directory exists.
@@ -195,6 +221,10 @@ def _check_settings(cfg) -> tuple[int, int]:
             raise LlvError(f"train.{name} must be a finite number, got {value}")
     if not float(train_cfg.lr) > 0:
         raise LlvError(f"train.lr must be > 0, got {train_cfg.lr}")
+    if str(cfg.dataset.get("name")) == "digits":  # its split's sizes are known without reading
+        from llv.data.digits import check_config
+
+        check_config(cfg.dataset)
     return epochs, save_every
 
 
@@ -255,6 +285,114 @@ def _resume_dir(cfg) -> Path:
     run_dir = latest.resolve()
     cfg.out = str(run_dir)  # make_run_dir then reuses it
     return run_dir
+
+
+def _check_resume(cfg, run_dir: Path, epochs: int) -> None:
+    """Refuse, before any work, a resume of a folder that holds no training run, one whose
+    recorded settings differ from ``cfg``'s (except :data:`RESUME_FREE`), and a
+    ``train.epochs`` below the epochs it has trained."""
+    from llv.tasks._checkpoints import run_config
+
+    found = last_checkpoint(run_dir)
+    stored, source = _stored_config(run_dir, found)
+    if stored is None and found is None:
+        raise LlvError(f"there is no training run in {run_dir} to resume (no config.yaml, no "
+                       f"{CHECKPOINTS}/epoch_*.pt): check out=, or train anew without "
+                       f"train.resume=true")
+    if stored is not None:
+        given = _flat(run_config(cfg))
+        recorded = _flat(stored)
+        first = ("model.name", "dataset.name")
+        for key in [*(k for k in first if k in recorded), *(k for k in recorded if k not in first)]:
+            if _free(key):
+                continue
+            old, new = recorded[key], given.get(key, _ABSENT)
+            if not _same(key, old, new):
+                raise LlvError(_differs(run_dir, source, key, old, new))
+    if found is not None and found[0] > epochs:
+        raise LlvError(f"cannot resume {run_dir}: it has trained {found[0]} epochs, more than "
+                       f"train.epochs={epochs}: give train.epochs={found[0]} or more")
+
+
+_ABSENT = object()
+
+
+def _stored_config(run_dir: Path, found) -> tuple[dict | None, str]:
+    """The run's recorded config: its ``config.yaml``, else its newest checkpoint's."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    if isinstance(saved, dict):
+        return saved, str(path)
+    if found is not None:
+        from llv.checkpoint import load_state_dict
+
+        _, meta = load_state_dict(found[1])
+        if isinstance(meta.get("config"), dict):
+            return meta["config"], str(found[1])
+    return None, ""
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """``{"train.sam.rho": 0.05, ...}``: the leaves of nested mappings (lists are leaves)."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _free(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_FREE)
+
+
+def _same(key: str, old, new) -> bool:
+    """Whether a recorded value and a given one mean the same setting."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool) and old == new
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        return float(old) == float(new) or (math.isnan(float(old)) and math.isnan(float(new)))
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        return len(old) == len(new) and all(_same(key, a, b) for a, b in zip(old, new,
+                                                                              strict=True))
+    if isinstance(old, str) and isinstance(new, str):
+        if key in _CASELESS:
+            return old.lower() == new.lower()
+        if key == "dataset.path":  # the same file, however it was spelled
+            return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    return old == new
+
+
+def _show(value) -> str:
+    if value is _ABSENT:
+        return "(not set)"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _differs(run_dir: Path, source: str, key: str, old, new) -> str:
+    old_text, new_text = _show(old), _show(new)
+    if key == "model.name":
+        return (f"cannot resume {run_dir}: it trains model {old_text}, which does not fit model "
+                f"{new_text}: resume with model={old_text}, or pass another out=")
+    if key == "dataset.name":
+        return (f"cannot resume {run_dir}: it trains on dataset {old_text}, not dataset "
+                f"{new_text}: resume with dataset={old_text}, or pass another out=")
+    return (f"cannot resume {run_dir}: it was trained with {key}={old_text}, not "
+            f"{key}={new_text} ({source}); a resumed run keeps the settings that define it "
+            f"(train.epochs may grow): resume with {key}={old_text}, or pass another out=")
 
 
 def _resume(cfg, run_dir: Path, model, optimizer, scheduler,
