@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -326,6 +327,47 @@ class HessianOperator:
 # eigsh at tol = 1e-10 to 1e-6 relative. The vectors also never leave the device.
 
 
+#: Matrices of this order or larger are decomposed aside (:func:`_stoppable`).
+_ASIDE = 256
+
+
+def _stoppable(fn, *args):
+    """``fn(*args)``, where a stop (Ctrl-C; SIGTERM and SIGHUP under
+    :func:`llv.runlock.stop_signals`) still ends the run at once.
+
+    Python runs signal handlers only between bytecodes of the main thread, so one long C call —
+    the eigendecomposition of a large dense Hessian, or of a large projected matrix — held a stop
+    for minutes. The call runs in a worker thread (NumPy's and PyTorch's linear algebra release
+    the GIL) while the main thread waits in short joins, in which the handler runs and raises;
+    the abandoned worker is a daemon and ends with the process. Elsewhere than the main thread
+    it is a plain call.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    out: dict = {}
+
+    def work():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller below
+            out["error"] = exc
+
+    worker = threading.Thread(target=work, name="llv-linalg", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _eigh(matrix: np.ndarray):
+    """``np.linalg.eigh``, stoppable (:func:`_stoppable`) for a large matrix."""
+    if len(matrix) < _ASIDE:
+        return np.linalg.eigh(matrix)
+    return _stoppable(np.linalg.eigh, matrix)
+
+
 def _dense_is_cheaper(n: int, k: int) -> bool:
     # A Lanczos basis of ~20 vectors costs as many products as the dense matrix when n is no
     # larger; the dense route is exact and also gets multiplicities right.
@@ -412,7 +454,7 @@ def _lanczos_ends(
     while True:
         w, norm = _expand(op, basis, projected, j, v)
         used += 1
-        theta, ritz = np.linalg.eigh(projected[: j + 1, : j + 1])
+        theta, ritz = _eigh(projected[: j + 1, : j + 1])
         pick = np.r_[0:bottom, j + 1 - top : j + 1] if j + 1 >= wanted else np.arange(j + 1)
         residuals = norm * np.abs(ritz[j, pick])
         scale = np.abs(theta).max()
@@ -458,7 +500,9 @@ def _refined_residual(projected: np.ndarray, norm: float, theta: float) -> float
     stacked = np.zeros((m + 1, m))
     stacked[:m] = projected - theta * np.eye(m)
     stacked[m, m - 1] = norm
-    return float(np.linalg.svd(stacked, compute_uv=False)[-1])
+    if m < _ASIDE:
+        return float(np.linalg.svd(stacked, compute_uv=False)[-1])
+    return float(_stoppable(np.linalg.svd, stacked, False)[-1])
 
 
 def _fix_signs(vectors: Tensor) -> Tensor:
@@ -470,7 +514,9 @@ def _fix_signs(vectors: Tensor) -> Tensor:
 
 
 def _dense_ends(op: HessianOperator, top: int, bottom: int):
-    values, vectors = torch.linalg.eigh(op.to_dense().double())
+    dense = op.to_dense().double()  # n products, each a point where a stop is noticed
+    values, vectors = (torch.linalg.eigh(dense) if op.n < _ASIDE
+                       else _stoppable(torch.linalg.eigh, dense))
     pick = list(range(bottom)) + list(range(op.n - top, op.n))
     return values[pick].cpu().numpy(), vectors[:, pick].T.to(op.dtype)
 
@@ -682,7 +728,7 @@ def spectral_density(op: HessianOperator, runs: int = 4, steps: int = 64, seed: 
                 v = _random_unit(op, generator, basis[: j + 1])
             else:
                 v = w / norm
-        theta, vectors = np.linalg.eigh(projected)
+        theta, vectors = _eigh(projected)
         nodes[r], weights[r] = theta, vectors[0] ** 2
     return {"nodes": nodes, "weights": weights, "num_hvp": op.num_hvp - before}
 

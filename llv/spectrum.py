@@ -37,6 +37,17 @@ WHICH = ("top", "bottom", "extremes")
 COMPUTE = ("extremes", "top_k", "trace", "density", "sharpness")
 
 
+def check_top_k(k, dimension: int) -> None:
+    """Refuse more eigenvalues than the Hessian has (one per parameter): clamping them to the
+    count silently turned a typo into the whole spectrum, minutes of dense work."""
+    if int(k) < 1:
+        raise LlvError(f"top_k must be at least 1, got {k}")
+    if int(k) > int(dimension):
+        raise LlvError(f"{int(k):,} eigenvalues asked for (hessian.top_k, or k= of "
+                       f"Hessian.eigenvalues), but the Hessian has only {int(dimension):,}, one per "
+                       f"parameter of the model: ask for at most {int(dimension):,}")
+
+
 class Hessian:
     """The Hessian of the mean loss over ``data`` with respect to every parameter of ``model``.
 
@@ -88,6 +99,8 @@ class Hessian:
             raise LlvError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
         if int(k) < 1:
             raise LlvError(f"k must be at least 1, got {k}")
+        if which != "extremes":
+            check_top_k(k, self.dimension)  # before any product
         if not np.isfinite(tol) or tol <= 0:
             raise LlvError(f"tol must be a positive finite number, got {tol}")
         op = self.operator
@@ -101,7 +114,7 @@ class Hessian:
             residuals = ends["residuals" if vectors else "error_bounds"] if ends["converged"] else None
             return Eigenvalues(values, ends["num_hvp"], residuals,
                                ends["vectors"] if vectors else None)
-        k = min(int(k), op.n)
+        k = int(k)
         find = top_eigenpairs if which == "top" else bottom_eigenpairs
         values, rows, used = find(op, k=k, tol=tol, seed=seed)
         residuals = self._residuals(values, rows)
@@ -146,13 +159,14 @@ class Hessian:
         unknown = sorted(set(compute) - set(COMPUTE))
         if unknown:
             raise LlvError(f"unknown hessian.compute entries {unknown}; valid: {', '.join(COMPUTE)}")
+        if "top_k" in compute:
+            check_top_k(top_k, self.dimension)  # before any work, the loss included
         result = {"loss": self.loss(), "dimension": self.dimension, "compute": ",".join(compute)}
         seconds = {}
-        if "extremes" in compute and "top_k" in compute:
-            # one Krylov space serves λmax, λmin and the top-k
+        if "extremes" in compute and "top_k" in compute and int(top_k) < self.dimension:
+            # one Krylov space serves λmax, λmin and the top-k (top_k + 1 <= the dimension)
             start = time.perf_counter()
-            k = min(int(top_k), self.dimension - 1) if self.dimension > 1 else 1
-            ends = spectrum_ends(self.operator, k, 1, tol=tol, seed=seed)
+            ends = spectrum_ends(self.operator, int(top_k), 1, tol=tol, seed=seed)
             seconds["extremes"] = seconds["top_k"] = time.perf_counter() - start
             result.update(lambda_max=float(ends["top"][0]), lambda_min=float(ends["bottom"][0]),
                           num_hvp_extremes=ends["num_hvp"], eigenvalues=ends["top"],

@@ -68,12 +68,25 @@ class PlotOptions:
     smooth: bool = False
 
     def __post_init__(self) -> None:
+        for flag, value in (("--vmin", self.vmin), ("--vmax", self.vmax), ("--vlevel", self.vlevel)):
+            _check_finite(flag, value)
         if self.vlevel is not None and not self.vlevel > 0:
             raise LlvError(f"--vlevel must be positive, got {self.vlevel}")
         if self.vmin is not None and self.vmax is not None and not self.vmin < self.vmax:
             raise LlvError(f"--vmin ({self.vmin}) must be below --vmax ({self.vmax})")
         if self.log and self.vmax is not None and self.vmax <= 0:
             raise LlvError(f"--log needs a positive --vmax, got {self.vmax}")
+
+
+def _check_finite(flag: str, value) -> None:
+    """A colour limit or level spacing must be a finite number: NaN or ±inf has no place on a
+    colour scale (it failed deep inside matplotlib, or named a figure ``..._vmaxnan.png``)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise LlvError(f"{flag} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise LlvError(f"{flag} must be a finite number, got {float(value)}")
 
 
 def auto_log(values) -> bool:

@@ -24,6 +24,7 @@ def run(cfg):
     from llv import direction as dirs
     from llv import path_pca as tr
     from llv.config import GridSpec
+    from llv.grid import Axis
     from llv.params import ParameterSpace
     from llv.storage import projection as projection_file
     from llv.tasks._grid import DIRECTION_FILE, compute_surface
@@ -38,19 +39,34 @@ def run(cfg):
         space = ParameterSpace.of(session.model, str(cfg.direction.type))
         dir_path = session.run_dir / DIRECTION_FILE
         projection = session.run_dir / PROJECTION_FILE
-        rows = None
+        rows, error = None, None
         if session.is_root:
-            rows = _projection(session, space, points, run_dir, dir_path, projection)
-        session.comm.barrier()
+            try:
+                _refuse_overwrite(session)
+                rows = _projection(session, space, points, run_dir, dir_path, projection)
+            except Exception as exc:  # every rank stops, not only rank 0
+                error = exc
+        session.comm.agree(error)
         directions = dirs.load(dir_path, space, 2)
         coordinates, _, _ = session.comm.bcast(
             _coordinates(projection_file.read(projection)) if session.is_root else None)
         file = None
         if settings.surface:
             box = tr.path_box(coordinates, float(settings.margin))
-            if rows is not None:
-                rows += [("surface box x", _span(box[0])), ("surface box y", _span(box[1]))]
             grid = tr.box_grid(box, resolution)
+            if session.existing is not None:  # checked before any point is computed
+                axes, error = None, None
+                if session.is_root:
+                    try:
+                        axes = _resumed_axes(session.existing, box, grid, directions,
+                                             float(settings.margin))
+                    except Exception as exc:
+                        error = exc
+                session.comm.agree(error)
+                grid = GridSpec(*(Axis(*axis) for axis in session.comm.bcast(axes)))
+            if rows is not None:
+                rows += [("surface box x", _span((grid.x.min, grid.x.max))),
+                         ("surface box y", _span((grid.y.min, grid.y.max)))]
             provenance = {"projection_file": PROJECTION_FILE, "run": str(run_dir)}
             file = compute_surface(session, grid, SURFACE_FILE, directions=directions,
                                    dir_file=dir_path, extra_attrs=provenance)
@@ -128,7 +144,13 @@ def _projection(session, space, points, run_dir: Path, dir_path: Path, projectio
     if str(cfg.direction.get("norm", "none")) != "none":
         log.warning(f"direction.norm={cfg.direction.norm} is not applied: PCA directions are unit "
                     "vectors, so the path's coordinates are distances in parameter space")
-    if _reusable(session, dir_path, projection, epochs, ignore, center):
+    reusable = _reusable(session, dir_path, projection, epochs, ignore, center)
+    if not reusable and session.existing is not None and dir_path.is_file() and projection.is_file():
+        raise LlvError(f"cannot resume {session.existing}: {projection} is of another path "
+                       f"(epochs, direction.ignore or trajectory.center differ from this run's "
+                       f"{_short_epochs(epochs)}, ignore={ignore}, center={str(center).lower()}): "
+                       "pass another out= for a new trajectory")
+    if reusable:
         coordinates, _, ratio = _coordinates(projection_file.read(projection))
         loads, seconds = 0, 0.0
         log.info(f"reusing {dir_path.name} and {projection.name} of {session.run_dir}")
@@ -179,9 +201,69 @@ def _reusable(session, dir_path: Path, projection: Path, epochs: list[int], igno
                 and str(f.attrs.get("ignore")) == ignore and bool(f.attrs.get("center")) == center)
 
 
+def _refuse_overwrite(session) -> None:
+    """A surface file that this run would not resume (not a grid result) is never replaced."""
+    if not session.cfg.trajectory.surface or session.existing is not None:
+        return
+    path = session.run_dir / SURFACE_FILE
+    if path.exists():
+        raise LlvError(f"{path} exists but is not a surface this run can resume (no done mask): "
+                       "move it away or pass another out=")
+
+
+def _resumed_axes(existing: Path, box, grid, directions, margin: float) -> list[tuple]:
+    """Rank 0, before any point is computed: the axes ``(min, max, num)`` of the surface file this
+    run resumes, when they are this path's box at this resolution; else one line saying why not.
+
+    The box comes from the path (the reused projection) and ``trajectory.margin``; the grid over
+    it is :func:`llv.path_pca.box_grid`'s, widened so that θ_n is a grid point. A file written by
+    an llv from before that widening holds the box itself (``num`` points from edge to edge): it
+    resumes on its own grid, unchanged, instead of being refused after the probe or recomputed
+    over another box.
+    """
+    import numpy as np
+
+    from llv.grid import Axis, GridSpec
+    from llv.storage.surface import SurfaceFile
+
+    stored = SurfaceFile.open(existing)
+    digest, mine = stored.attrs.get("direction_sha256"), directions.digest()
+    if digest and str(digest) != mine:
+        raise LlvError(f"cannot resume {existing}: it was computed along other directions than "
+                       f"this run's (direction sha256 {str(digest)[:12]}… vs {mine[:12]}…): pass "
+                       "another out= for a new trajectory")
+    edge_to_edge = GridSpec(Axis(*box[0], grid.x.num), Axis(*box[1], grid.y.num))
+    have = [stored.coordinates.get(name) for name in ("xcoordinates", "ycoordinates")]
+    for candidate in (grid, edge_to_edge):
+        wanted = [candidate.x.coordinates(), candidate.y.coordinates()]
+        if (set(stored.coordinates) == {"xcoordinates", "ycoordinates"}
+                and tuple(stored.shape) == (len(wanted[1]), len(wanted[0]))
+                and all(h is not None and len(h) == len(w) and np.allclose(h, w, rtol=0, atol=1e-12)
+                        for h, w in zip(have, wanted, strict=True))):
+            if candidate is edge_to_edge:
+                log.info(f"resuming {existing} on its own grid: the path's box from edge to edge, "
+                         "as an earlier llv laid it out (θ_n need not be a grid point)")
+            return [(a.min, a.max, a.num) for a in (candidate.x, candidate.y)]
+
+    def described(axes) -> str:
+        return " ".join(f"{n}={float(a[0]):.6g}:{float(a[-1]):.6g}:{len(a)}" for n, a in axes)
+
+    theirs = described((n, a) for n, a in stored.coordinates.items())
+    ours = described((("xcoordinates", grid.x.coordinates()), ("ycoordinates", grid.y.coordinates())))
+    raise LlvError(f"cannot resume {existing}: its grid is {theirs}, this run's is {ours} (the "
+                   f"path's box with trajectory.margin={margin:g} at "
+                   f"{grid.x.num}x{grid.y.num}): pass another out= for a new trajectory")
+
+
 def _coordinates(projection):
     """(coordinates (n+1, 2), epochs, explained-variance ratio) of a projection."""
     return projection.coordinates, projection.epochs, projection.explained_variance_ratio
+
+
+def _short_epochs(epochs: list[int]) -> str:
+    from llv.path_pca import _short
+
+    return f"epochs {_short(list(epochs))}"
 
 
 def _span(interval) -> str:
