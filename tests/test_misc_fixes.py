@@ -4,7 +4,6 @@ eigendecomposition, and a finished trajectory rerun into its own folder."""
 import os
 import signal
 import threading
-import time
 
 import h5py
 import numpy as np
@@ -77,33 +76,46 @@ class DenseOperator:
 
 def test_a_stop_during_a_large_eigendecomposition_is_noticed_at_once(monkeypatch):
     """SIGTERM (as llv.runlock.Stopped) ends the run while the dense eigendecomposition is still
-    computing, instead of after it (the C call held it for minutes on a 9k-parameter model)."""
+    computing, instead of after it (the C call held it for minutes on a 9k-parameter model).
+    The decomposition here blocks until the test releases it, so the stop can only have been
+    noticed during it: no clock is involved."""
     from llv import curvature
     from llv.runlock import Stopped, stop_signals
 
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(1200, 1200, generator=generator, dtype=torch.float64)
+    a = torch.randn(300, 300, generator=generator, dtype=torch.float64)
     matrix = a + a.T
-    began = time.perf_counter()
-    torch.linalg.eigh(matrix)
-    duration = time.perf_counter() - began
+    release, started = threading.Event(), threading.Event()
+    real = np.linalg.eigh
 
-    real = torch.linalg.eigh
+    def blocked_eigh(m):
+        # a C call: signals reach Python's handler only once it returns (here: blocked, pending)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            started.set()
+            release.wait()  # an eigendecomposition that has not finished
+            return real(m)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
-    def eigh_with_a_stop(m):
-        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        return real(m)
+    def stop_then_give_up():
+        started.wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+        release.wait(5)  # unstick a call that did not notice the stop (the test then fails)
+        release.set()
 
-    monkeypatch.setattr(torch.linalg, "eigh", eigh_with_a_stop)
-    began = time.perf_counter()
-    with pytest.raises(Stopped):
-        with stop_signals():
-            curvature.top_eigenpairs(DenseOperator(matrix), k=600)
-    latency = time.perf_counter() - began
-    for worker in threading.enumerate():  # let the abandoned decomposition end before other tests
-        if worker.name == "llv-linalg":
-            worker.join()
-    assert latency < 0.5 * duration, (latency, duration)
+    monkeypatch.setattr(np.linalg, "eigh", blocked_eigh)
+    threading.Thread(target=stop_then_give_up, daemon=True).start()
+    try:
+        with pytest.raises(Stopped):
+            with stop_signals():
+                curvature._eigh(matrix.numpy())
+        assert not release.is_set()  # stopped while the decomposition was still running
+    finally:
+        release.set()
+        for worker in threading.enumerate():  # let the abandoned decomposition end
+            if worker.name == "llv-linalg":
+                worker.join()
 
 
 # ------------------------------------------------------------------------------ 3. trajectory
