@@ -100,7 +100,7 @@ def compose(command: str, overrides: list[str] | None = None):
         GridSpec.from_cfg(cfg.grid)
     from llv.schema import validate
 
-    validate(command, cfg)
+    validate(command, cfg, complete=True)  # a required key deleted with ~key is refused here
     _remember_given(cfg, overrides)
     return cfg
 
@@ -182,8 +182,13 @@ def make_run_dir(cfg, create: bool = True) -> Path:
     if cfg.get("out"):
         run_dir = Path(str(cfg.out))
     else:
+        from llv.schema import FolderName
+
+        name = cfg.get("name")
+        if name is not None and not FolderName().accepts(name):  # a library caller's config
+            raise LlvError(f"name: expected {FolderName().expected}, got {name!r}")
         stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        suffix = f"_{cfg.name}" if cfg.get("name") else ""
+        suffix = f"_{name}" if name else ""
         base = Path(str(cfg.get("outputs") or "outputs")) / cfg.command
         run_dir = base / f"{stamp}{suffix}"
         n = 1

@@ -312,6 +312,25 @@ class Target(Check):
 
 
 @dataclass(frozen=True)
+class FolderName(Check):
+    """A suffix of a run folder's name (``name=``): one plain folder name, never a path. A '/',
+    a '\\', '..' or a leading '.' would put the run outside ``outputs/<command>/`` or hide it."""
+
+    null: bool = True
+
+    @property
+    def expected(self) -> str:
+        return self._or_null("a plain folder-name suffix (no '/', '\\', '..', NUL or leading '.')")
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return False
+        text = str(value)
+        return (text != "" and not text.startswith(".") and ".." not in text
+                and not any(c in text for c in "/\\\0"))
+
+
+@dataclass(frozen=True)
 class TextMap(Check):
     """A mapping from names to paths (a preset's ``paths``)."""
 
@@ -328,9 +347,11 @@ class TextMap(Check):
 # ------------------------------------------------------------------------------- field helpers
 
 
-def setting(default: Any, check: Check, doc: str) -> Any:
-    """A dataclass field: its yaml default, the check its values pass and its one-line doc."""
-    return _field(default, {"check": check, "doc": doc})
+def setting(default: Any, check: Check, doc: str, optional: bool = False) -> Any:
+    """A dataclass field: its yaml default, the check its values pass and its one-line doc.
+    ``optional``: a composed config may lack the key (it is not in the yaml files); every other
+    key must be there (a ``~key`` deletion is refused, :func:`validate` with ``complete``)."""
+    return _field(default, {"check": check, "doc": doc, "optional": optional})
 
 
 def node(cls: type, doc: str, null: bool = False, family: Callable[[Mapping], type] | None = None) -> Any:
@@ -744,7 +765,7 @@ class Common:
     """Keys shared by every compute subcommand (conf/common.yaml)."""
 
     command: str = setting("", Pattern(r"[a-z]+", "the subcommand's name"), "the subcommand (set by llv)")
-    name: str | None = setting(None, PathText(), "suffix of the run directory: outputs/<command>/<timestamp>_<name>")
+    name: str | None = setting(None, FolderName(), "suffix of the run directory: outputs/<command>/<timestamp>_<name>")
     out: str | None = setting(None, PathText(), "explicit run directory (replaces outputs/<command>/<timestamp>)")
     outputs: str = setting("outputs", PathText(), "root of all run directories")
     seed: int = setting(0, _SEED, "global seed (data subsets, training)")
@@ -752,7 +773,7 @@ class Common:
     # the data set first: the model's shape comes from it, and a wrong value is named where typed
     dataset: Dataset = node(Digits, "the data set (dataset=<name>)", family=dataset_family)
     model: Model = node(Model, "the network (model=<name>)", family=model_family)
-    paths: dict | None = setting(None, TextMap(), "a preset's run directories, by command")
+    paths: dict | None = setting(None, TextMap(), "a preset's run directories, by command", optional=True)
 
 
 @dataclass
@@ -845,11 +866,14 @@ CONFIGS: dict[str, type] = {
 # --------------------------------------------------------------------------------- validation
 
 
-def validate(command: str, cfg) -> None:
+def validate(command: str, cfg, complete: bool = False) -> None:
     """Check every key of ``cfg`` (a composed ``command`` config); one-line LlvError if wrong.
 
     Keys of other commands' nodes (a preset's training recipe in a surface config) are checked
     by those nodes' dataclasses; keys no dataclass knows (added with ``+``) are left alone.
+    With ``complete`` (a config composed from the yaml files, :func:`llv.config.compose`) every
+    key of the command's own nodes must be there: a required key deleted with Hydra's ``~key``
+    is refused, naming it, instead of failing deep inside a run.
 
     >>> validate("surface", {"eval": {"batch_size": "abc"}})
     Traceback (most recent call last):
@@ -864,6 +888,30 @@ def validate(command: str, cfg) -> None:
     if "command" in values and values["command"] != command:
         raise LlvError(f"command: expected '{command}', got {_show(values['command'])}")
     _check_node(CONFIGS[command], values, "", fallback=True)
+    if complete:
+        _check_present(CONFIGS[command], values, "", command)
+
+
+def _check_present(cls: type, values: Mapping, path: str, command: str) -> None:
+    """Every field of ``cls`` that is not ``optional`` is a key of ``values`` (nodes recursively).
+
+    >>> from llv.config import compose
+    >>> compose("train", ["~train.lr"])
+    Traceback (most recent call last):
+    ...
+    llv.errors.LlvError: train.lr: llv train needs this key, but the config has none (deleted with ~train.lr?): give it a value (train.lr=VALUE) instead of deleting it
+    """
+    for f in fields(cls):
+        key = f"{path}{f.name}"
+        if f.name not in values:
+            if f.metadata.get("optional"):
+                continue
+            raise LlvError(f"{key}: llv {command} needs this key, but the config has none (deleted "
+                           f"with ~{key}?): give it a value ({key}=VALUE) instead of deleting it")
+        meta, value = f.metadata, values[f.name]
+        if "node" in meta and isinstance(value, Mapping):
+            node_cls = meta["family"](value) if meta.get("family") else meta["node"]
+            _check_present(node_cls, value, key + ".", command)
 
 
 def _plain(cfg) -> Any:
