@@ -44,13 +44,22 @@ from llv.device import resolve_device
 RESULT_COMMANDS = ("surface", "interpolate", "hessian", "trajectory")
 
 #: Keys that say how a run computes, not what: a resumed run takes the user's value without
-#: complaint (the earlier run's when not given). Every other key defines the result. A
-#: checkpoint is compared by content (SHA-256), not by path: a moved file is the same one.
+#: complaint (the earlier run's when not given). Every other key defines the result. The rule
+#: (docs/reliability.md): a key is a control key when changing it changes no stored value beyond
+#: float32 rounding of the same arithmetic done in another order or fused (batch sizes, points
+#: per pass, the device, channels-last, BatchNorm folding, torch.compile), or changes nothing
+#: stored at all (figures, the probe, the summary). ``eval.precision``, ``eval.bn`` and
+#: ``eval.approx*`` change values beyond that: they define the result. A checkpoint is compared
+#: by content (SHA-256), not by path: a moved file is the same one (:func:`_prepare_run`).
 CONTROL_KEYS = frozenset({"checkpoint",
     "name", "outputs", "device", "dist", "plot", "probe", "strict", "paths", "summary",
     "eval.batch_size", "eval.points_per_batch", "eval.chunk_points", "eval.channels_last",
+    "eval.fold", "eval.compile",
     "hessian.batch_size", "trajectory.memory_mb",
 })
+#: Commands whose directions come from ``dir_file=`` or are made from ``direction.target``,
+#: ``checkpoint2`` and ``checkpoint3``: those files are read, and checked, before any work.
+SECONDARY_INPUT_COMMANDS = ("direction", "surface", "interpolate", "hessian")
 #: Keys that belong to one invocation and are never taken from an earlier run.
 NOT_INHERITED = frozenset({"command", "out", "resume", "stop_after_points", "overwrite"})
 #: Keys that name a file or folder: a run records them resolved to absolute paths (from the
@@ -199,6 +208,8 @@ def start(cfg, result_name: str | None = None, checkpoint=None, prepare: Prepare
             model = build_model(cfg.model)
             meta = load_into(model, path, str(cfg.model.name))
             _check_weights(model, path, bool(cfg.get("strict", True)), comm.is_root)
+            if comm.is_root:  # what the run reads besides the checkpoint, before anything is written
+                check_secondary_inputs(cfg, model, plan)
             model.to(device).eval()
         except Exception as exc:
             error = exc
@@ -244,7 +255,8 @@ def report_stop(session: Session, stop: KeyboardInterrupt, result_name: str | No
         log.warning(f"{signal_name(stop)} stopped llv {command}; the points computed so far are in {result}")
         line = ["llv", command, f"resume={result.resolve()}"]
     else:
-        log.warning(f"{signal_name(stop)} stopped llv {command} before it saved a result")
+        log.warning(f"{signal_name(stop)} stopped llv {command} before any point was computed: "
+                    "no result to save, nothing is lost")
         line = ["llv", command, f"out={session.run_dir.resolve()}"]
     print(f"llv: continue with: {shlex.join(line)}", file=sys.stderr, flush=True)
 
@@ -291,12 +303,15 @@ def _prepare_run(cfg, result_name, checkpoint, prepare, inherit) -> tuple[dict, 
             raise LlvError(f"cannot resume {existing}: its checkpoint sha256 differs from {path}'s "
                            "(another checkpoint, or the file changed): pass the checkpoint it was "
                            "computed at, or another out= for a new run")
+        if not recorded and inherit:
+            _refuse_other_checkpoint(cfg, run_dir, result_name, stored, source, path, digest)
         _check_run_directions(cfg, run_dir, existing, stored is not None, digest)
         if cfg.get("checkpoint") is None and given is None:
             cfg.checkpoint = str(path)  # where latest pointed, for a later resume
         plan = {"config": absolute_paths(_plain(cfg)), "checkpoint": str(path), "sha256": digest,
                 "run_dir": str(run_dir), "existing": str(existing) if existing else None,
-                "dir_file": str(dir_file) if dir_file else None}
+                "dir_file": str(dir_file) if dir_file else None,
+                "direction_sha256": (attrs or {}).get("direction_sha256")}
         return plan, lock
     except BaseException:
         lock.release()
@@ -714,6 +729,125 @@ def _take_model_of(cfg, path: Path, model_given: bool) -> None:
     if trained and str(cfg.model.name) != str(trained):
         raise LlvError(f"model={cfg.model.name} contradicts checkpoint {path}, which records "
                        f"model={trained}: leave model out to use the checkpoint's")
+
+
+def _recorded_checkpoint(path: Path) -> str | None:
+    """The ``checkpoint_sha256`` an HDF5 result records (None: none, or not HDF5)."""
+    from llv.h5 import open_h5, read_attrs
+
+    try:
+        with open_h5(path, "a result file") as f:
+            recorded = read_attrs(f).get("checkpoint_sha256")
+    except (LlvError, OSError):
+        return None
+    return str(recorded) if recorded else None
+
+
+#: Result files a command writes whole, without a ``done`` mask to resume (recomputed when the
+#: run is repeated): ``hessian.h5`` of a point, a curve's ``curve.h5``.
+WHOLE_RESULTS = {"hessian": ("hessian.h5",), "interpolate": ("curve.h5",)}
+
+
+def _refuse_other_checkpoint(cfg, run_dir: Path, result_name: str | None, stored: Mapping | None,
+                             source: str | None, path: Path, digest: str) -> None:
+    """A folder whose result (a Hessian point, a curve) or earlier run was computed at another
+    checkpoint than ``path`` is refused: repeating the run there would replace that result.
+
+    A resumable result's checkpoint is checked by its own ``checkpoint_sha256`` (:func:`_prepare_run`);
+    here, the files a command writes whole, and the checkpoint the folder's ``config.yaml`` names
+    (when it still exists: a moved one cannot be compared, and nothing was computed with it)."""
+    names = {*WHOLE_RESULTS.get(str(cfg.command), ()), *([result_name] if result_name else [])}
+    for name in sorted(names):
+        found = run_dir / name
+        made_at = _recorded_checkpoint(found) if found.is_file() else None
+        if made_at and made_at != digest:
+            raise LlvError(f"{found} was computed at another checkpoint than {path} (its checkpoint "
+                           "sha256 differs): repeating the run would replace it; pass the checkpoint "
+                           "it was computed at, or another out=")
+    before = (stored or {}).get("checkpoint")
+    if not before or _absolute(before) == str(path) or not Path(str(before)).is_file():
+        return
+    if _file_digests(Path(str(before))) != {digest}:
+        raise LlvError(f"checkpoint={path} contradicts {source}, which was made with checkpoint={before} "
+                       "(another file: its sha256 differs): leave checkpoint out to continue that run, "
+                       "or pass another out=")
+
+
+def check_secondary_inputs(cfg, model: torch.nn.Module, plan: Mapping) -> None:
+    """The files a run reads besides its checkpoint, read now and checked against the model (rank
+    0, after the model is built, before ``config.yaml``): a ``dir_file`` (resumed or given) is a
+    direction file of this model's tensors with the grid's number of axes, and the directions a
+    resumed result was computed along (its ``direction_sha256``); ``checkpoint2`` of ``llv
+    interpolate``, ``direction.target`` (or ``checkpoint2``) of ``direction.kind=target`` and the
+    vertices of ``kind=plane`` are checkpoints of this model. A wrong file is one line before
+    anything is written or computed (and leaves no ``config.yaml`` that a rerun would inherit)."""
+    command = str(cfg.command)
+    if command not in SECONDARY_INPUT_COMMANDS:
+        return
+    from llv.grid import GridSpec
+
+    ndim = GridSpec.from_cfg(cfg.grid).ndim
+    dir_file = cfg.get("dir_file") or plan.get("dir_file")
+    if dir_file and command != "direction" and ndim:
+        _check_direction_file(cfg, model, Path(str(dir_file)), ndim, plan)
+    checkpoints = []
+    if command == "interpolate":
+        checkpoints.append(("checkpoint2", cfg.get("checkpoint2")))
+    if not dir_file and (command == "direction" or ndim) and "direction" in cfg and not (
+            command != "direction" and (Path(str(plan["run_dir"])) / "directions.h5").is_file()):
+        kind = str(cfg.direction.kind)
+        if kind == "target":
+            target = cfg.direction.get("target")
+            checkpoints.append(("direction.target", target) if target else
+                               ("checkpoint2", cfg.get("checkpoint2")))
+        elif kind == "plane":
+            checkpoints += [("checkpoint2", cfg.get("checkpoint2")), ("checkpoint3", cfg.get("checkpoint3"))]
+    seen = set()
+    for key, value in checkpoints:
+        if value and str(value) not in seen:
+            seen.add(str(value))
+            _check_fits(model, Path(str(value)), key, str(cfg.model.name))
+
+
+def _check_direction_file(cfg, model, path: Path, ndim: int, plan: Mapping) -> None:
+    from llv import direction as dirs
+    from llv.params import ParameterSpace
+
+    path = check_file(path, "dir_file")
+    space = ParameterSpace.of(model, str(cfg.direction.type))
+    try:
+        loaded = dirs.load(path, space, ndim)
+    except LlvError as exc:
+        text = str(exc)
+        raise LlvError(text if str(path) in text else f"dir_file={path}: {text}") from None
+    except Exception as exc:  # h5py's own errors: a file of another layout
+        raise LlvError(f"dir_file={path} is not a direction file llv can read "
+                       f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    expected = plan.get("direction_sha256")
+    if plan.get("existing") and expected and loaded.digest() != str(expected):
+        raise LlvError(f"cannot resume {plan['existing']}: its direction sha256 differs from {path}'s "
+                       "(the file changed since, or another file): put back the directions it was "
+                       "computed along, or pass another out= for a new run")
+
+
+def _check_fits(model: torch.nn.Module, path: Path, key: str, model_name: str) -> None:
+    """``path`` is a checkpoint that loads into ``model`` (as :func:`llv.checkpoint.load_into`
+    would), read without touching the model."""
+    from llv.checkpoint import fit_problem, load_state_dict
+
+    path = check_file(path, key)
+    try:
+        state, _ = load_state_dict(path)
+    except LlvError as exc:
+        text = str(exc)
+        raise LlvError(text if str(path) in text else f"{key}={path}: {text}") from None
+    expected = model.state_dict()
+    for name in expected:
+        if name.endswith("num_batches_tracked") and name not in state:
+            state[name] = expected[name]
+    problem = fit_problem(expected, state)
+    if problem:
+        raise LlvError(f"{key}={path} does not fit model {model_name}: {problem}")
 
 
 def _check_run_directions(cfg, run_dir: Path, existing: Path | None, same_run: bool,
