@@ -189,3 +189,25 @@ def test_a_stop_before_the_first_save_says_nothing_was_lost(tmp_path, capfd):
     printed = capfd.readouterr().err
     assert "nothing is lost" in printed and "before it saved a result" not in printed
     assert f"llv: continue with: llv surface out={tmp_path.resolve()}" in printed
+
+
+def test_settings_only_the_model_or_data_refute_are_refused_before_anything_is_written(tmp_path, capfd):
+    # hessian.top_k above the parameter count, and a digits split with fewer test images than
+    # classes, are one line before config.yaml exists (no folder a rerun would inherit)
+    from llv.checkpoint import save_checkpoint
+    from llv.models import build_model
+
+    checkpoint = save_tiny_checkpoint(tmp_path)
+    code, printed = llv_in_process("hessian", *tiny_overrides(tmp_path), f"checkpoint={checkpoint}",
+                                   "hessian.compute=[top_k]", "hessian.top_k=100000",
+                                   f"out={tmp_path / 'h'}", capfd=capfd)
+    assert code == 2 and "eigenvalues asked for" in printed, printed
+    assert not (tmp_path / "h" / "config.yaml").exists()
+    mlp = compose("surface", ["model=mlp"])
+    digits = save_checkpoint(tmp_path / "mlp.pt", build_model(mlp.model), 0, mlp, {})
+    code, printed = llv_in_process("surface", "model=mlp", f"checkpoint={digits}",
+                                   "dataset.test_fraction=0.001", "grid.x=-1:1:3",
+                                   "grid.y=null", "device=cpu", "dist=none", "plot=false",
+                                   f"outputs={tmp_path / 'outputs'}", f"out={tmp_path / 's'}", capfd=capfd)
+    assert code == 2 and "test_fraction" in printed, printed
+    assert not (tmp_path / "s" / "config.yaml").exists()

@@ -101,6 +101,17 @@ _CONFIG_CHECKS: dict[str, Callable[[object], object]] = {
 _SPLIT_CHECKS: dict[str, Callable] = {"images": _check_images, "tokens": _check_tokens}
 
 
+def check_config(cfg) -> None:
+    """The data set config's checks that need no data read (shapes, a split's bounds): run by a
+    command before it writes anything, so that a bad setting leaves no run folder behind."""
+    source = source_of(cfg)
+    _CONFIG_CHECKS[source.kind](cfg)
+    if str(cfg.get("name")) == "digits":
+        from llv.data import digits
+
+        digits.check_config(cfg)
+
+
 def locate(cfg, split: str) -> tuple[DataSource, list[Path], tuple]:
     """The source, the files and the cache key of a split; checks the config first."""
     check_split(split)

@@ -210,6 +210,7 @@ def start(cfg, result_name: str | None = None, checkpoint=None, prepare: Prepare
             _check_weights(model, path, bool(cfg.get("strict", True)), comm.is_root)
             if comm.is_root:  # what the run reads besides the checkpoint, before anything is written
                 check_secondary_inputs(cfg, model, plan)
+                check_settings_against(cfg, model)
             model.to(device).eval()
         except Exception as exc:
             error = exc
@@ -771,6 +772,21 @@ def _refuse_other_checkpoint(cfg, run_dir: Path, result_name: str | None, stored
         raise LlvError(f"checkpoint={path} contradicts {source}, which was made with checkpoint={before} "
                        "(another file: its sha256 differs): leave checkpoint out to continue that run, "
                        "or pass another out=")
+
+
+def check_settings_against(cfg, model: torch.nn.Module) -> None:
+    """Settings that only the data set's size or the model's can refute, checked before anything
+    is written: the data set's split bounds (``dataset.test_fraction``), and ``hessian.top_k``
+    against the parameter count (a point's top-k asks for at most one eigenvalue per parameter)."""
+    if "dataset" in cfg:
+        from llv.data.loading import check_config
+
+        check_config(cfg.dataset)
+    hessian = cfg.get("hessian") if str(cfg.command) == "hessian" else None
+    if hessian is not None and "top_k" in (hessian.get("compute") or ()):
+        from llv.spectrum import check_top_k
+
+        check_top_k(hessian.top_k, sum(p.numel() for p in model.parameters()))
 
 
 def check_secondary_inputs(cfg, model: torch.nn.Module, plan: Mapping) -> None:
