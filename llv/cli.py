@@ -315,7 +315,9 @@ def user_errors():
         error_line(str(exc))
         raise typer.Exit(2) from None
     except KeyboardInterrupt as exc:
-        error_line(f"stopped by {signal_name(exc)}; results computed so far are saved")
+        saved = getattr(exc, "llv_saved", True)  # set where a run knows (session.report_stop)
+        error_line(f"stopped by {signal_name(exc)}; " + ("results computed so far are saved" if saved
+                                                          else "nothing was computed yet, nothing is lost"))
         raise typer.Exit(exit_code(exc)) from None
     except Exception as exc:
         if is_verbose():

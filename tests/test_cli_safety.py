@@ -8,6 +8,7 @@ resume that changes only how points are computed, a direction file changed since
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -185,10 +186,37 @@ def test_a_stop_before_the_first_save_says_nothing_was_lost(tmp_path, capfd):
     from llv.tasks.session import report_stop
 
     session = SimpleNamespace(is_root=True, cfg=SimpleNamespace(command="surface"), run_dir=tmp_path)
-    report_stop(session, Stopped(15), "surface.h5")
+    stop = Stopped(15)
+    with caplog_of_llv() as records:
+        report_stop(session, stop, "surface.h5")
     printed = capfd.readouterr().err
-    assert "nothing is lost" in printed and "before it saved a result" not in printed
+    said = " ".join(r.getMessage() for r in records)
+    assert "nothing is lost" in said and "before it saved a result" not in said
+    assert stop.llv_saved is False  # the final line (llv.cli.user_errors) says the same
     assert f"llv: continue with: llv surface out={tmp_path.resolve()}" in printed
+
+
+@contextlib.contextmanager
+def caplog_of_llv():
+    """The records llv's logger emits inside the block, whatever handlers earlier tests left."""
+    import logging
+
+    from llv.console import log
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler, level = Keep(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def test_settings_only_the_model_or_data_refute_are_refused_before_anything_is_written(tmp_path, capfd):
@@ -211,3 +239,29 @@ def test_settings_only_the_model_or_data_refute_are_refused_before_anything_is_w
                                    f"outputs={tmp_path / 'outputs'}", f"out={tmp_path / 's'}", capfd=capfd)
     assert code == 2 and "test_fraction" in printed, printed
     assert not (tmp_path / "s" / "config.yaml").exists()
+
+
+def test_a_stop_before_any_point_says_nothing_was_lost_in_both_lines(tmp_path, capsys):
+    # the warning and the final line agree: no "results computed so far are saved" with no result
+    import types
+
+    import typer
+
+    from llv.cli import user_errors
+    from llv.tasks.session import report_stop
+
+    session = types.SimpleNamespace(is_root=True, cfg=types.SimpleNamespace(command="surface"),
+                                    run_dir=tmp_path)
+    for saved in (False, True):
+        if saved:
+            (tmp_path / "surface.h5").write_bytes(b"")
+        stop = KeyboardInterrupt()
+        report_stop(session, stop, "surface.h5")
+        try:
+            with user_errors():
+                raise stop
+        except (typer.Exit, SystemExit):
+            pass
+        printed = " ".join(capsys.readouterr().err.split())
+        assert ("results computed so far are saved" in printed) == saved, printed
+        assert ("nothing was computed yet, nothing is lost" in printed) != saved, printed

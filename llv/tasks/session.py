@@ -252,7 +252,8 @@ def report_stop(session: Session, stop: KeyboardInterrupt, result_name: str | No
         return
     command = str(session.cfg.command)
     result = session.run_dir / result_name if result_name else None
-    if result is not None and result.is_file():
+    stop.llv_saved = result is not None and result.is_file()  # the last line says the same
+    if stop.llv_saved:
         log.warning(f"{signal_name(stop)} stopped llv {command}; the points computed so far are in {result}")
         line = ["llv", command, f"resume={result.resolve()}"]
     else:
