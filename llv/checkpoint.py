@@ -127,17 +127,24 @@ def load_into(model, path, model_name: str | None = None) -> dict:
     unexpected and mis-shaped keys. A BatchNorm ``num_batches_tracked`` that old files lack is
     taken from the model.
     """
-    state, meta = load_state_dict(path)
-    expected = model.state_dict()
-    for key in expected:
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = expected[key]
-    problem = fit_problem(expected, state)
+    state, meta, problem = fitted_state(model, path)
     if problem:
         name = model_name or type(model).__name__
         raise LlvError(f"checkpoint {path} does not fit model {name}: {problem}")
     model.load_state_dict(state, strict=True)
     return meta
+
+
+def fitted_state(model, path) -> tuple[dict, dict, str]:
+    """A checkpoint's state dict (a BatchNorm ``num_batches_tracked`` that old files lack taken
+    from ``model``), its ``meta``, and why it does not fit ``model`` ('' if it does); the model
+    is not touched."""
+    state, meta = load_state_dict(path)
+    expected = model.state_dict()
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key]
+    return state, meta, fit_problem(expected, state)
 
 
 def fit_problem(expected: Mapping, state: Mapping) -> str:

@@ -850,19 +850,14 @@ def _check_direction_file(cfg, model, path: Path, ndim: int, plan: Mapping) -> N
 def _check_fits(model: torch.nn.Module, path: Path, key: str, model_name: str) -> None:
     """``path`` is a checkpoint that loads into ``model`` (as :func:`llv.checkpoint.load_into`
     would), read without touching the model."""
-    from llv.checkpoint import fit_problem, load_state_dict
+    from llv.checkpoint import fitted_state
 
     path = check_file(path, key)
     try:
-        state, _ = load_state_dict(path)
+        _, _, problem = fitted_state(model, path)
     except LlvError as exc:
         text = str(exc)
         raise LlvError(text if str(path) in text else f"{key}={path}: {text}") from None
-    expected = model.state_dict()
-    for name in expected:
-        if name.endswith("num_batches_tracked") and name not in state:
-            state[name] = expected[name]
-    problem = fit_problem(expected, state)
     if problem:
         raise LlvError(f"{key}={path} does not fit model {model_name}: {problem}")
 
