@@ -576,8 +576,9 @@ def _approximation_scale(evaluator: PointEvaluator, pilots: _Pilots, path, resum
 def _compile_attrs(choice) -> dict:
     if choice is None:
         return {"compiled": False}
-    if shows_output():
-        log.info(f"compile: {choice.reason}")
+    if shows_output():  # a run too small to try compiling says why only with -v (attrs keep it)
+        tried = choice.compiled or choice.compile_seconds
+        (log.info if tried else log.debug)(f"compile: {choice.reason}")
     return {"compiled": bool(choice.compiled), "compile_seconds": float(choice.compile_seconds),
             "compile_reason": choice.reason}
 

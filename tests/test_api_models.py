@@ -110,3 +110,32 @@ def test_argument_mistakes_are_one_line_before_any_work():
     # a NumPy (X, y) pair is data like a tensor pair
     as_numpy = llv.surface(model, (x.numpy(), y.numpy()), **grid)["train_loss"]
     assert (as_numpy == llv.surface(model, (x, y), **grid)["train_loss"]).all()
+
+
+def test_a_run_too_small_to_compile_says_why_only_at_debug_level(monkeypatch):
+    import logging
+    import types
+
+    from llv import console
+    from llv.api import _compile_attrs
+    from llv.console import log
+
+    monkeypatch.setitem(console._state, "quiet", False)  # whatever earlier tests left
+    monkeypatch.setitem(console._state, "rank", 0)
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.DEBUG)
+    try:
+        skipped = types.SimpleNamespace(compiled=False, compile_seconds=0.0, reason="would save about 0 s")
+        tried = types.SimpleNamespace(compiled=True, compile_seconds=21.0, reason="compiled in 21 s")
+        assert _compile_attrs(skipped)["compile_reason"] == "would save about 0 s"  # kept in the file
+        _compile_attrs(tried)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    levels = {r.getMessage(): r.levelno for r in records}
+    assert levels == {"compile: would save about 0 s": logging.DEBUG, "compile: compiled in 21 s": logging.INFO}
