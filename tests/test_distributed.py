@@ -413,6 +413,7 @@ def test_a_rank_failing_alone_stops_the_job(reference, tmp_path):
     assert "rank 1 of 2 failed: simulated device error on rank 1; stopping all ranks" in stderr
 
 
+@pytest.mark.slow  # kept out of `make test` for its 10-minute budget (two MPI ranks, 6 s)
 def test_a_checkpoint_missing_on_one_rank_is_one_clear_error(reference, tmp_path):
     # a node-local path: rank 0 finds its copy of the checkpoint, rank 1 does not; every rank
     # learns of it while loading, and the job ends with one user error naming rank 1

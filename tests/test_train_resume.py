@@ -181,6 +181,7 @@ def test_split_indices_names_the_bounds_for_any_labels():
         split_indices(np.array([0, 0, 1, 1, 2, 2, 3]), 0.5, 0)
 
 
+@pytest.mark.slow  # a fresh interpreter (5-6 s); the in-process test above covers the check
 def test_a_bad_test_fraction_in_a_real_process_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "llv", "train", "model=mlp", "train.epochs=1",
