@@ -666,17 +666,10 @@ def _direction_digests(path: Path) -> set[str]:
 def _run_directions_checkpoint(run_dir: Path) -> str | None:
     """The checkpoint SHA-256 the run folder's own ``directions.h5`` records (a run stopped
     before its first result: only its ``config.yaml`` and directions are there)."""
-    from llv.h5 import open_h5, read_attrs
     from llv.storage.directions import FILE
 
     found = run_dir / FILE
-    if not found.is_file():
-        return None
-    try:
-        with open_h5(found, "a direction file") as f:
-            return read_attrs(f).get("checkpoint_sha256")
-    except (LlvError, OSError):
-        return None
+    return _recorded_checkpoint(found) if found.is_file() else None
 
 
 # --------------------------------------------------------------------------- the checkpoint
@@ -734,11 +727,12 @@ def _take_model_of(cfg, path: Path, model_given: bool) -> None:
 
 
 def _recorded_checkpoint(path: Path) -> str | None:
-    """The ``checkpoint_sha256`` an HDF5 result records (None: none, or not HDF5)."""
+    """The ``checkpoint_sha256`` an HDF5 file (a result, a direction file) records (None: none,
+    or not HDF5)."""
     from llv.h5 import open_h5, read_attrs
 
     try:
-        with open_h5(path, "a result file") as f:
+        with open_h5(path, "an HDF5 file") as f:
             recorded = read_attrs(f).get("checkpoint_sha256")
     except (LlvError, OSError):
         return None
