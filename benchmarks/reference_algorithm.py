@@ -439,6 +439,7 @@ def issue20(spec: dict) -> tuple[list[Target], list[str]]:
     def speedups(name, clock):  # reference per point ÷ llv per point, per repetition
         return [1.0 / r for r in result[name][clock]]
 
+    streams_ran = int(surfaces["exact"].attrs.get("streams", 1))
     names = ("reference", "exact", "fast", "bare pass")
     ms = {name: 1e3 * median(result[name]["wall_seconds"]) for name in names}
     cpu_ms = {name: 1e3 * median(result[name]["seconds"]) for name in names}
@@ -489,7 +490,7 @@ def issue20(spec: dict) -> tuple[list[Target], list[str]]:
         ["reference (`ReferenceCrunch`, DataLoader with "
          f"{spec['workers']} workers, batch {REFERENCE_BATCH_SIZE})",
          f"{k} grid points", f"{ms['reference']:.0f}", f"{cpu_ms['reference']:.0f}", "1", "1"],
-        ["llv exact (`llv.surface`: fold + channels_last, compile off)",
+        [f"llv exact (`llv.surface`: fold + channels_last, {streams_ran} stream(s), compile off)",
          f"all {side * side}", f"{ms['exact']:.0f}", f"{cpu_ms['exact']:.0f}",
          spread(speedups("exact", "wall")), spread(speedups("exact", "cpu"))],
         [f"llv fast (`approx=True, target_se={TARGET_SE}`)", f"all {side * side}",

@@ -257,7 +257,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
             probe: str | bool = False, recorded_metrics: Mapping | None = None,
             fold: bool = True, compile: str = "auto", approx: bool = False,
             target_se: float = 0.005, approx_rel_tol: float | None = None, approx_start: int = 128,
-            auto: Mapping | None = None,
+            auto: Mapping | None = None, streams: int | str = "auto",
             coordinate_names: tuple[str, str] = ("xcoordinates", "ycoordinates")) -> Surface | None:
     """The loss (and accuracy) surface f(α, β) = L(θ + αδ + βη) around ``model``'s parameters.
 
@@ -298,6 +298,11 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
         compile: ``auto`` compiles the one-point forward with ``torch.compile`` when the grid
             has enough passes to repay the compile time (reported as ``compile_seconds``),
             ``on``/``off`` force it.
+        streams: on a CPU, how many points (or one point's batches) run at once, each op on one
+            thread; ``"auto"``: the torch thread count where that is safe (the file's
+            ``streams`` and ``streams_reason`` say what ran). Values are unchanged: each point's
+            arithmetic is the same, on one thread. With ``streams`` > 1, ``compile="auto"``
+            does not compile.
 
     Returns:
         :class:`llv.results.Surface` (on rank 0).
@@ -353,7 +358,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                                precision=precision, channels_last=channels_last, bn_data=bn_batches,
                                accuracy=accuracy, device=device, fold=fold, compile=compile,
                                expected_points=grid.num_points * directions.ensemble,
-                               approx=approximation)
+                               approx=approximation, streams=streams)
     extent_attrs = {}
     if grid.auto:
         grid, extent_attrs = _resolve_auto(partial(_exact_loss, evaluator, f"{next(iter(splits))}_loss"), grid,
@@ -378,7 +383,7 @@ def surface(model: nn.Module, data, *, x: GridAxis = (-1, 1, 51), y: GridAxis = 
                  "ensemble": directions.ensemble, "splits": ",".join(splits), "bn": bn,
                  "llv_version": __version__, "seconds": 0.0, "precision": precision,
                  "bn_folded": len(evaluator.folded.folded_pairs) if evaluator.folded else 0,
-                 **_compile_attrs(evaluator.compile), **extent_attrs, **approx_attrs, **probe_attrs,
+                 **_compile_attrs(evaluator.compile), **_stream_attrs(evaluator), **extent_attrs, **approx_attrs, **probe_attrs,
                  **dict(attrs or {})}
     run_attrs.setdefault("command", "surface")
     for key in ("plane_coordinates", "plane_labels"):  # figures mark the models a plane runs through
@@ -581,6 +586,13 @@ def _compile_attrs(choice) -> dict:
         (log.info if tried else log.debug)(f"compile: {choice.reason}")
     return {"compiled": bool(choice.compiled), "compile_seconds": float(choice.compile_seconds),
             "compile_reason": choice.reason}
+
+
+def _stream_attrs(evaluator: PointEvaluator) -> dict:
+    count = evaluator.streams.count if evaluator.streams is not None else 1
+    if count > 1:
+        log.debug(f"streams: {evaluator.streams_reason}")
+    return {"streams": count, "streams_reason": evaluator.streams_reason}
 
 
 def _floored_range(evaluator: PointEvaluator, grid: GridSpec, ensemble: int) -> dict:

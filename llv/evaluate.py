@@ -4,13 +4,21 @@ The model is never modified: every point's tensors are computed from kept copies
 directions and passed to :func:`torch.func.functional_call`; several points share one pass with
 :func:`torch.func.vmap` (``points_per_batch``). Sums stay on the device (float64) until a whole
 batch of points is done, so there is no host-device synchronisation per data batch.
+
+On a CPU with several threads, points (or, for a single point, its data batches) run on
+``streams`` threads at once, each op on one thread (:class:`Streams`), instead of every op
+split over all threads: small convolutions then spend no time waiting at the barrier after
+each op, and each thread's activations stay in its own cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -212,6 +220,67 @@ def floored_points(points: PointMap, floors: dict[str, torch.Tensor], coefficien
     return hit.cpu()
 
 
+def _has_hooks(model: nn.Module) -> bool:
+    """Whether any module of ``model`` (or every module, globally) has forward hooks."""
+    from torch.nn.modules import module as module_globals
+
+    if any(getattr(module_globals, name, None) for name in
+           ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class Streams:
+    """Runs tasks on ``count`` CPU threads at once, each with its own copy of the forward pass and
+    ``torch.set_num_threads(intra)`` intra-op threads (1 when ``count`` is the thread count).
+
+    :func:`torch.func.functional_call` swaps a module's tensors while it runs, so two threads
+    never share a module: each task takes a replica (``make_replica()``, made on first need)
+    from a pool and returns it after. Gradients are off in the tasks (grad mode is per thread),
+    and the process's thread count is restored when the tasks are done. A task's arithmetic is
+    the same as on the calling thread (with one intra-op thread); results come back in order.
+    """
+
+    def __init__(self, count: int, intra: int, make_replica: Callable[[], Callable]):
+        self.count, self.intra = int(count), int(intra)
+        self._make_replica = make_replica
+        self._free: list[Callable] = []
+        self._lock = threading.Lock()
+        self.local = threading.local()  # .runner: the replica the current thread runs
+
+    def _replica(self) -> Callable:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return self._make_replica()
+
+    def _task(self, fn: Callable, item):
+        replica = self._replica()
+        try:
+            torch.set_num_threads(self.intra)
+            self.local.runner = replica
+            with torch.no_grad():
+                return fn(item)
+        finally:
+            self.local.runner = None
+            with self._lock:
+                self._free.append(replica)
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        """``[fn(item) for item in items]``, ``count`` at a time; the first error is raised (the
+        tasks not yet started are cancelled)."""
+        saved = torch.get_num_threads()
+        pool = ThreadPoolExecutor(min(self.count, len(items)), thread_name_prefix="llv-stream")
+        futures = [pool.submit(self._task, fn, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=False)
+            torch.set_num_threads(saved)
+
+
 class PointEvaluator:
     """Evaluates ``loss``, ``acc`` (percent) and ``loss_se`` of each split at grid points.
 
@@ -232,13 +301,19 @@ class PointEvaluator:
         loss: ``"ce"``, ``"mse"`` or a callable ``(outputs, batch) -> per-example losses``.
         accuracy: a callable ``(outputs, batch) -> per-example fraction correct`` for custom
             losses (named losses on class targets have accuracy built in).
+        streams: CPU threads that evaluate points (or one point's data batches) at once, each
+            op on one thread (:class:`Streams`); ``"auto"``: the torch thread count on a CPU,
+            where it is safe (one point per pass, no compile, ``bn_data``, custom loss or
+            forward hooks; a model that can be copied), else 1. :attr:`streams_reason` says why.
+            Values are those of the same arithmetic on one thread.
     """
 
     def __init__(self, model: nn.Module, space: ParameterSpace, base: Mapping[str, torch.Tensor],
                  directions: torch.Tensor, data: Mapping[str, Batches], loss="ce",
                  points_per_batch: int = 1, precision: str = "fp32", channels_last: bool = False,
                  bn_data: Batches | None = None, accuracy=None, device=None, fold: bool = True,
-                 compile: str = "off", expected_points: int = 0, approx: Approximation | None = None):
+                 compile: str = "off", expected_points: int = 0, approx: Approximation | None = None,
+                 streams: int | str = "auto"):
         if precision not in PRECISIONS:
             raise LlvError(f"unknown eval.precision '{precision}'; valid: {', '.join(PRECISIONS)}")
         check_loss(loss)
@@ -289,14 +364,62 @@ class PointEvaluator:
                 self.folded({**self.fixed, **centre}, *example_args, **example_kwargs)  # pairs
         self._forward_one = self._forward
         self._forward_many = vmap(self._forward, in_dims=(0, None, None))
+        self.streams: Streams | None = None
+        count, self.streams_reason = self._choose_streams(streams, compile)
+        if count > 1:
+            compile = "off"
+            self.streams = Streams(count, max(1, torch.get_num_threads() // count), self._replica)
         self.compile = self._choose_compile(compile, expected_points)
 
     def _forward(self, params, args, kwargs):
         """The model at one point (``params`` over the perturbed names), BatchNorm folded."""
         state = {**self.fixed, **params}
+        runner = getattr(self.streams.local, "runner", None) if self.streams is not None else None
+        if runner is not None:
+            return runner(state, args, kwargs)
         if self.folded is not None:
             return self.folded(state, *args, **kwargs)
         return functional_call(self.model, state, args, kwargs)
+
+    def _choose_streams(self, value, compile: str) -> tuple[int, str]:
+        """How many points (or batches) run at once on CPU threads, and why (see ``streams``)."""
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise LlvError(f"eval.streams must be auto or a whole number >= 1, got {value!r}")
+        threads = torch.get_num_threads()
+        count = threads if value == "auto" else int(value)
+        why_not = ""
+        if count <= 1:
+            why_not = "one thread" if value == "auto" else "streams=1"
+        elif self.device.type != "cpu":
+            why_not = f"on {self.device.type} the device runs one pass at a time"
+        elif self.points_per_batch > 1:
+            why_not = "points_per_batch > 1 (vmapped passes)"
+        elif self.bn_data is not None:
+            why_not = "bn=recompute estimates statistics batch by batch"
+        elif compile == "on":
+            why_not = "compile=on (compiled code runs on one thread at a time)"
+        elif self.folded is not None and self.folded.not_folded.get("*", "").startswith("the model cannot be copied"):
+            why_not = "the model cannot be copied"
+        elif value == "auto" and (callable(self.loss) or self.accuracy is not None):
+            why_not = "a custom loss or accuracy may not be safe to call from several threads (streams=N runs it so)"
+        elif value == "auto" and _has_hooks(self.model):
+            why_not = "the model has forward hooks (streams=N runs copies of them at once)"
+        if why_not:
+            return 1, why_not
+        if self.folded is None:
+            try:
+                copy.deepcopy(self.model)
+            except Exception as error:
+                return 1, f"the model cannot be copied ({type(error).__name__})"
+        return count, f"{count} points (or one point's batches) at once, each op on {max(1, threads // count)} thread(s)"
+
+    def _replica(self) -> Callable:
+        """A forward pass on its own copy of the modules: ``(state, args, kwargs) -> outputs``."""
+        if self.folded is not None:
+            twin = self.folded.replica()
+            return lambda state, args, kwargs: twin(state, *args, **kwargs)
+        model = copy.deepcopy(self.model).eval()
+        return lambda state, args, kwargs: functional_call(model, state, args, kwargs)
 
     def _choose_compile(self, mode: str, expected_points: int):
         """``compile=auto|on``: torch.compile the one-point forward when the run repays it."""
@@ -341,9 +464,13 @@ class PointEvaluator:
     def evaluate(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metrics of every row of ``coefficients`` (k, D), as device tensors of shape (k,)."""
         coefficients = torch.as_tensor(coefficients)
+        groups = [coefficients[i:i + self.points_per_batch]
+                  for i in range(0, len(coefficients), self.points_per_batch)]
         with eval_mode(self.model), precision_flags(self.precision, self.device):
-            parts = [self._evaluate_group(coefficients[i:i + self.points_per_batch])
-                     for i in range(0, len(coefficients), self.points_per_batch)]
+            if self.streams is not None and len(groups) > 1:
+                parts = self.streams.map(self._evaluate_group, groups)
+            else:
+                parts = [self._evaluate_group(g) for g in groups]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def _evaluate_group(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -363,7 +490,8 @@ class PointEvaluator:
             total = torch.zeros(k, dtype=torch.float64, device=self.device)
             squares = torch.zeros_like(total)
             correct = torch.zeros_like(total)
-            for batch in batches:
+
+            def sums(batch, split=split):
                 args, kwargs, targets = split_batch(batch)
                 with self._autocast():
                     if vmapped:
@@ -371,10 +499,17 @@ class PointEvaluator:
                     else:
                         outputs = self._forward_one({n: t[0] for n, t in params.items()}, args, kwargs)
                 losses, hits = self._per_example(outputs, batch, targets, split, vmapped)
-                total += losses.sum(dim=-1)
-                squares += (losses ** 2).sum(dim=-1)
-                if hits is not None:
-                    correct += hits.sum(dim=-1)
+                return losses.sum(dim=-1), (losses ** 2).sum(dim=-1), None if hits is None else hits.sum(dim=-1)
+
+            in_streams = (self.streams is not None and not vmapped and len(batches) > 1
+                          and getattr(self.streams.local, "runner", None) is None)
+            # one point alone: its batches at once; the sums are added in batch order either way
+            for loss_sum, square_sum, hit_sum in (self.streams.map(sums, list(batches)) if in_streams
+                                                  else map(sums, batches)):
+                total += loss_sum
+                squares += square_sum
+                if hit_sum is not None:
+                    correct += hit_sum
             n = batches.num_examples
             mean = total / n
             variance = (squares - n * mean ** 2).clamp_min(0) / max(n - 1, 1)

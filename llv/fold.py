@@ -204,6 +204,19 @@ class FoldedForward:
             out[f"{layer}.bias"] = bias.to(weight.dtype)
         return out
 
+    def replica(self) -> FoldedForward:
+        """The same forward on its own copies of the modules, to run beside this one on another
+        thread (:func:`torch.func.functional_call` swaps a module's tensors while it runs).
+        Call it after the first call, which proves the shape-dependent pairs."""
+        if self._original is not None:
+            raise ValueError("a model that cannot be copied has no replica")
+        twin = copy.copy(self)
+        twin._reference = copy.deepcopy(self._reference)
+        twin.module = twin._reference if self.module is self._reference else copy.deepcopy(self.module)
+        twin._folds = list(self._folds)
+        twin.not_folded = dict(self.not_folded)
+        return twin
+
     def explain(self) -> str:
         """What was folded into what, and why every other BatchNorm was not."""
         lines = [f"folded: {p.norm} into {p.layer}" for p in self.folded_pairs]

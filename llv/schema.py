@@ -627,6 +627,8 @@ class Eval:
     fold: bool = setting(True, Flag(), "fold BatchNorm into the conv/linear before it at every point (exact)")
     compile: str = setting("auto", OneOf(("auto", "on", "off")),
                            "torch.compile the per-point forward: auto (when the grid repays it) | on | off")
+    streams: int | str = setting("auto", _BATCH, "CPU: points (or one point's batches) run at once, each "
+                                 "op on one thread: auto (torch threads) | N")
     approx: bool = setting(False, Flag(), "certified fast mode: each point on a seeded subset grown "
                            "until its s.e. is small")
     target_se: float = setting(0.005, Number(low=0, high=1, low_open=True),

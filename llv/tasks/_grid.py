@@ -217,7 +217,7 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
         points_per_batch=int(e.points_per_batch), precision=str(e.precision),
         channels_last=e.get("channels_last", "auto"), path=session.run_dir / filename,
         fold=bool(e.get("fold", True)), compile=_compile_mode(e.get("compile", "auto")),
-        approx=bool(e.get("approx", False)), target_se=float(e.get("target_se", 0.005)),
+        streams=_streams(e.get("streams", "auto")), approx=bool(e.get("approx", False)), target_se=float(e.get("target_se", 0.005)),
         approx_rel_tol=e.get("approx_rel_tol"), approx_start=int(e.get("approx_start", 128)),
         resume=session.existing is not None, comm=session.comm, chunk_points=int(e.chunk_points),
         stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
@@ -264,6 +264,11 @@ def _compile_mode(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+def _streams(value) -> int | str:
+    """``eval.streams``: ``auto`` or a whole number (validated by the schema)."""
+    return "auto" if str(value) == "auto" else int(value)
 
 
 def cross_check_curvature(session: Session, directions: dirs.Directions, result, data: dict) -> None:

@@ -47,14 +47,14 @@ RESULT_COMMANDS = ("surface", "interpolate", "hessian", "trajectory")
 #: complaint (the earlier run's when not given). Every other key defines the result. The rule
 #: (docs/reliability.md): a key is a control key when changing it changes no stored value beyond
 #: float32 rounding of the same arithmetic done in another order or fused (batch sizes, points
-#: per pass, the device, channels-last, BatchNorm folding, torch.compile), or changes nothing
+#: per pass, the device, channels-last, BatchNorm folding, torch.compile, CPU streams), or changes nothing
 #: stored at all (figures, the probe, the summary). ``eval.precision``, ``eval.bn`` and
 #: ``eval.approx*`` change values beyond that: they define the result. A checkpoint is compared
 #: by content (SHA-256), not by path: a moved file is the same one (:func:`_prepare_run`).
 CONTROL_KEYS = frozenset({"checkpoint",
     "name", "outputs", "device", "dist", "plot", "probe", "strict", "paths", "summary",
     "eval.batch_size", "eval.points_per_batch", "eval.chunk_points", "eval.channels_last",
-    "eval.fold", "eval.compile",
+    "eval.fold", "eval.compile", "eval.streams",
     "hessian.batch_size", "trajectory.memory_mb",
 })
 #: Commands whose directions come from ``dir_file=`` or are made from ``direction.target``,
