@@ -18,7 +18,8 @@ import copy
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch.func import functional_call, vmap
 
 from llv.batches import Batches, per_example_values, split_batch
 from llv.errors import LlvError
+from llv.fold import FoldedForward
 from llv.losses import check_loss, has_accuracy, per_example_correct, per_example_loss
 from llv.params import ParameterSpace, eval_mode, flatten, full_state, unflatten
 
@@ -239,16 +241,26 @@ class Streams:
     from a pool and returns it after. Gradients are off in the tasks (grad mode is per thread),
     and the process's thread count is restored when the tasks are done. A task's arithmetic is
     the same as on the calling thread (with one intra-op thread); results come back in order.
+
+    When a task fails or the caller is interrupted (Ctrl-C, a stop signal), the tasks not yet
+    started are cancelled and the running ones stop at their next batch (:meth:`check`), so a
+    stop takes effect within one batch, not one point.
     """
 
-    def __init__(self, count: int, intra: int, make_replica: Callable[[], Callable]):
+    def __init__(self, count: int, intra: int, make_replica: Callable[[], object]):
         self.count, self.intra = int(count), int(intra)
         self._make_replica = make_replica
-        self._free: list[Callable] = []
+        self._free: list = []
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
         self.local = threading.local()  # .runner: the replica the current thread runs
 
-    def _replica(self) -> Callable:
+    def check(self) -> None:
+        """In a task: stop here if the tasks were cancelled (called before every batch)."""
+        if self._cancelled.is_set() and getattr(self.local, "runner", None) is not None:
+            raise _Cancelled()
+
+    def _replica(self) -> object:
         with self._lock:
             if self._free:
                 return self._free.pop()
@@ -261,6 +273,9 @@ class Streams:
             self.local.runner = replica
             with torch.no_grad():
                 return fn(item)
+        except BaseException:
+            self._cancelled.set()  # the other tasks stop at their next batch
+            raise
         finally:
             self.local.runner = None
             with self._lock:
@@ -270,15 +285,28 @@ class Streams:
         """``[fn(item) for item in items]``, ``count`` at a time; the first error is raised (the
         tasks not yet started are cancelled)."""
         saved = torch.get_num_threads()
+        self._cancelled.clear()
         pool = ThreadPoolExecutor(min(self.count, len(items)), thread_name_prefix="llv-stream")
         futures = [pool.submit(self._task, fn, item) for item in items]
         try:
+            wait(futures)  # a failed task cancels the others at their next batch
+            errors = [f.exception() for f in futures]
+            failed = next((e for e in errors if e is not None and not isinstance(e, _Cancelled)), None)
+            if failed is not None:
+                raise failed
             return [f.result() for f in futures]
+        except BaseException:
+            self._cancelled.set()
+            raise
         finally:
             for f in futures:
                 f.cancel()
             pool.shutdown(wait=False)
             torch.set_num_threads(saved)
+
+
+class _Cancelled(Exception):
+    """A stream's task stopped because another failed or the run was interrupted."""
 
 
 class PointEvaluator:
@@ -355,8 +383,6 @@ class PointEvaluator:
             approx.prepare(self.data)
         self.folded = None
         if fold and self.bn_modules:
-            from llv.fold import FoldedForward
-
             self.folded = FoldedForward(model)
             example_args, example_kwargs, _ = split_batch(next(iter(next(iter(self.data.values())))))
             centre = {n: t[0] for n, t in self.point_tensors(torch.zeros(1, len(directions))).items()}
@@ -374,12 +400,30 @@ class PointEvaluator:
     def _forward(self, params, args, kwargs):
         """The model at one point (``params`` over the perturbed names), BatchNorm folded."""
         state = {**self.fixed, **params}
+        runner = self._runner()
+        if isinstance(runner, FoldedForward):
+            return runner(state, *args, **kwargs)
+        return functional_call(runner, state, args, kwargs)
+
+    def _bound(self, params) -> Callable:
+        """The model at one point as ``(args, kwargs) -> outputs`` for many batches: the folded
+        tensors are computed once per point, not once per batch (the compiled forward folds
+        inside its graph)."""
+        if self._forward_one != self._forward:  # compiled: it folds inside its graph
+            return lambda args, kwargs: self._forward_one(params, args, kwargs)
+        state = {**self.fixed, **params}
+        runner = self._runner()
+        if isinstance(runner, FoldedForward):
+            forward = runner.bind(state)
+            return lambda args, kwargs: forward(*args, **kwargs)
+        return lambda args, kwargs: functional_call(runner, state, args, kwargs)
+
+    def _runner(self) -> FoldedForward | nn.Module:
+        """What runs a pass on this thread: a stream's own copy, else the folded forward or the model."""
         runner = getattr(self.streams.local, "runner", None) if self.streams is not None else None
         if runner is not None:
-            return runner(state, args, kwargs)
-        if self.folded is not None:
-            return self.folded(state, *args, **kwargs)
-        return functional_call(self.model, state, args, kwargs)
+            return runner
+        return self.folded if self.folded is not None else self.model
 
     def _choose_streams(self, value, compile: str) -> tuple[int, str]:
         """How many points (or batches) run at once on CPU threads, and why (see ``streams``)."""
@@ -413,13 +457,11 @@ class PointEvaluator:
                 return 1, f"the model cannot be copied ({type(error).__name__})"
         return count, f"{count} points (or one point's batches) at once, each op on {max(1, threads // count)} thread(s)"
 
-    def _replica(self) -> Callable:
-        """A forward pass on its own copy of the modules: ``(state, args, kwargs) -> outputs``."""
+    def _replica(self) -> FoldedForward | nn.Module:
+        """The forward on its own copy of the modules (see :meth:`_runner`)."""
         if self.folded is not None:
-            twin = self.folded.replica()
-            return lambda state, args, kwargs: twin(state, *args, **kwargs)
-        model = copy.deepcopy(self.model).eval()
-        return lambda state, args, kwargs: functional_call(model, state, args, kwargs)
+            return self.folded.replica()
+        return copy.deepcopy(self.model).eval()
 
     def _choose_compile(self, mode: str, expected_points: int):
         """``compile=auto|on``: torch.compile the one-point forward when the run repays it."""
@@ -485,24 +527,24 @@ class PointEvaluator:
         if self.bn_data:
             params.update({n: t[None] for n, t in self.recompute_bn({n: t[0] for n, t in params.items()}).items()})
         k = len(coefficients)
+        one = {n: t[0] for n, t in params.items()}
+        bound = None
         out = {}
         for split, batches in self.data.items():
             total = torch.zeros(k, dtype=torch.float64, device=self.device)
             squares = torch.zeros_like(total)
             correct = torch.zeros_like(total)
 
-            def sums(batch, split=split):
-                args, kwargs, targets = split_batch(batch)
-                with self._autocast():
-                    if vmapped:
-                        outputs = self._forward_many(params, args, kwargs)
-                    else:
-                        outputs = self._forward_one({n: t[0] for n, t in params.items()}, args, kwargs)
-                losses, hits = self._per_example(outputs, batch, targets, split, vmapped)
-                return losses.sum(dim=-1), (losses ** 2).sum(dim=-1), None if hits is None else hits.sum(dim=-1)
-
             in_streams = (self.streams is not None and not vmapped and len(batches) > 1
                           and getattr(self.streams.local, "runner", None) is None)
+            if vmapped:
+                forward = partial(self._forward_many, params)
+            elif in_streams:  # each stream runs its own copy, folded per batch
+                forward = partial(self._forward_one, one)
+            else:  # one point on this thread: folded once for all its batches
+                bound = bound or self._bound(one)
+                forward = bound
+            sums = partial(self._batch_sums, split=split, forward=forward, vmapped=vmapped)
             # one point alone: its batches at once; the sums are added in batch order either way
             for loss_sum, square_sum, hit_sum in (self.streams.map(sums, list(batches)) if in_streams
                                                   else map(sums, batches)):
@@ -519,6 +561,16 @@ class PointEvaluator:
             out[f"{split}_loss_se"] = (variance / n).sqrt()
         return out
 
+    def _batch_sums(self, batch, split: str, forward: Callable, vmapped: bool):
+        """Sums of the per-example losses, their squares and hits over one batch, per point."""
+        if self.streams is not None:
+            self.streams.check()
+        args, kwargs, targets = split_batch(batch)
+        with self._autocast():
+            outputs = forward(args, kwargs)
+        losses, hits = self._per_example(outputs, batch, targets, split, vmapped)
+        return losses.sum(dim=-1), (losses ** 2).sum(dim=-1), None if hits is None else hits.sum(dim=-1)
+
     def _evaluate_subsets(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """One point on growing seeded subsets until its standard error is small enough."""
         params = self.point_tensors(coefficients)
@@ -527,6 +579,7 @@ class PointEvaluator:
             fresh = self.approx.bn_statistics(row, lambda: self.recompute_bn({n: t[0] for n, t in params.items()}))
             params.update({n: t[None] for n, t in fresh.items()})
         one = {n: t[0] for n, t in params.items()}
+        forward = self._bound(one)
         out = {}
         for split in self.data:
             total = squares = correct = correct_squares = 0.0
@@ -541,9 +594,11 @@ class PointEvaluator:
                         break
                     continue
                 for batch in stage:
+                    if self.streams is not None:
+                        self.streams.check()
                     args, kwargs, targets = split_batch(batch)
                     with self._autocast():
-                        outputs = self._forward_one(one, args, kwargs)
+                        outputs = forward(args, kwargs)
                     losses, hits = self._per_example(outputs, batch, targets, split, False)
                     total += float(losses.sum())
                     squares += float((losses ** 2).sum())

@@ -175,6 +175,15 @@ class FoldedForward:
             return functional_call(self.module, dict(state), args, kwargs)
         return functional_call(self.module, self.fold_state(state), args, kwargs)
 
+    def bind(self, state: Mapping[str, torch.Tensor]) -> Callable:
+        """The forward at one point with its folded tensors computed once, for many batches:
+        ``bind(state)(*args, **kwargs)`` is ``self(state, *args, **kwargs)``."""
+        if (self._original is not None or any(f.rank_to_check for f in self._folds)
+                or (self._folds and _global_forward_hooks())):
+            return lambda *args, **kwargs: self(state, *args, **kwargs)
+        folded = self.fold_state(state) if self._folds else dict(state)
+        return lambda *args, **kwargs: functional_call(self.module, folded, args, kwargs)
+
     def fold_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The folded module's tensors from a state of the original model.
 

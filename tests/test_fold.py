@@ -602,3 +602,46 @@ def test_a_global_forward_hook_disables_folding():
         handle.remove()
     with torch.no_grad():
         assert relative_error(before(state, x), reference(model, state, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bind_folds_once_and_gives_the_calls_values_to_the_bit(name, monkeypatch):
+    """``bind(state)`` computes the folded tensors once for many batches; each batch's output is
+    the per-call forward's to the bit, and the replica (another thread's copy) gives the same."""
+    model = project_model(name)
+    forward = FoldedForward(model)
+    state = {**state_of(model), **{n: t[0] for n, t in points(model, 1, states=True).items()}}
+    batches = [torch.randn(3, 3, 8, 8) for _ in range(3)]
+    with torch.no_grad():
+        forward(state, batches[0])  # the first call proves VGG-9's Linear -> BN1d pair
+        want = [forward(state, x) for x in batches]
+        folds = []
+        original = FoldedForward.fold_state
+        monkeypatch.setattr(FoldedForward, "fold_state",
+                            lambda self, s: folds.append(1) or original(self, s))
+        bound = forward.bind(state)
+        got = [bound(x) for x in batches]
+        twin = forward.replica()
+        from_twin = [twin.bind(state)(x) for x in batches]
+    assert len(folds) == 1 + len(batches)  # once for the bound point, once per twin bind
+    for a, b, c in zip(want, got, from_twin):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert twin.module is not forward.module
+    assert all(p is not q for p, q in zip(twin.module.parameters(), forward.module.parameters()))
+
+
+def test_bind_with_a_global_hook_runs_the_hooked_unfolded_path():
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model = project_model("resnet8")
+    forward = FoldedForward(model)
+    x, state = torch.randn(2, 3, 8, 8), state_of(model)
+    called: list[type] = []
+    handle = register_module_forward_hook(lambda m, a, o: called.append(type(m)))
+    try:
+        with torch.no_grad():
+            out = forward.bind(state)(x)
+            assert nn.BatchNorm2d in called
+            assert relative_error(out, reference(model, state, x)) <= 1e-6
+    finally:
+        handle.remove()

@@ -208,3 +208,46 @@ def test_cli_records_the_streams_that_ran(run, tmp_path):
     (path,) = (tmp_path / "outputs").rglob("surface.h5")
     with h5py.File(path) as f:
         assert int(f.attrs["streams"]) == 2
+
+
+class FailsOnThirdPass(ConvBN):
+    """Counts its passes (shared by its copies) and fails on the third."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def forward(self, x):
+        with self.counter["lock"]:
+            self.counter["calls"] += 1
+            calls = self.counter["calls"]
+        if calls == 3:
+            raise RuntimeError("third pass fails")
+        import time
+
+        time.sleep(0.01)
+        return super().forward(x)
+
+    def __deepcopy__(self, memo):  # copies share the counter (a stream runs a copy)
+        twin = FailsOnThirdPass(self.counter)
+        twin.load_state_dict(self.state_dict())
+        return twin
+
+
+def test_a_failure_stops_the_other_streams_within_a_batch(two_threads):
+    """Points of 10 batches each on 2 streams: when one pass fails, the other stream stops at
+    its next batch instead of finishing its point (a stop signal is handled the same way)."""
+    import threading
+
+    counter = {"calls": 0, "lock": threading.Lock()}
+    model = FailsOnThirdPass(counter)
+    torch.manual_seed(0)
+    data = (torch.randn(80, 2, 6, 6), torch.randint(0, 3, (80,)))
+    with pytest.raises(RuntimeError, match="third pass fails"):
+        llv.surface(model, data, x=(-1, 1, 4), y=None, progress=False, batch_size=8, fold=False,
+                    compile="off", streams=2)
+    for thread in threading.enumerate():
+        if thread.name.startswith("llv-stream"):
+            thread.join()
+    assert counter["calls"] <= 5, counter  # 3, plus at most one more batch per stream
+    assert torch.get_num_threads() == 2
