@@ -33,6 +33,7 @@ defaults: BatchNorm folded, ``channels_last``) and its fast mode (``approx=True`
 from __future__ import annotations
 
 import copy
+import itertools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,7 +390,7 @@ def issue20(spec: dict) -> tuple[list[Target], list[str]]:
         check_gap = max(abs(a - b) / max(abs(a), 1.0) for a, b in checked)
 
         sample = np.random.default_rng(0).choice(side * side, size=k, replace=False)
-        cursor = iter(np.tile(sample, 2))
+        cursor = itertools.cycle(sample)  # half before and half after the llv sides, every repetition
         per_run = max(k // 2, 1)
         surfaces = {}
 

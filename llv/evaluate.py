@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,7 +30,7 @@ from torch.func import functional_call, vmap
 from llv.batches import Batches, per_example_values, split_batch
 from llv.errors import LlvError
 from llv.fold import FoldedForward
-from llv.losses import check_loss, has_accuracy, per_example_correct, per_example_loss
+from llv.losses import check_loss, has_accuracy, logits_of, per_example_correct, per_example_loss
 from llv.params import ParameterSpace, eval_mode, flatten, full_state, unflatten
 
 PRECISIONS = ("fp32", "fp64", "tf32", "bf16")
@@ -109,6 +110,8 @@ class Approximation:
         self.joined: dict = {}
         self.sizes: dict = {}
         self.memos: dict[bytes, list] = {}
+        self._locks: dict[bytes, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self.bn_stats: dict[bytes, dict | None] = {}  # bn=recompute's statistics, remembered points
 
     def remember(self, rows) -> None:
@@ -132,6 +135,16 @@ class Approximation:
         if self.bn_stats[key] is None:
             self.bn_stats[key] = estimate()
         return self.bn_stats[key]
+
+    def point_lock(self, coefficients):
+        """A lock for a remembered point (a null context for others): a grid can hold the same
+        row twice (every ensemble member's centre), and on CPU streams two threads must not
+        continue one point's kept sums at once; the second waits and continues the first's."""
+        key = self._key("", coefficients)
+        if key not in self.bn_stats:
+            return contextlib.nullcontext()
+        with self._locks_lock:
+            return self._locks.setdefault(key, threading.Lock())
 
     def memo(self, split: str, coefficients) -> list | None:
         """The stage sums kept for this point (see :meth:`remember`), or None."""
@@ -389,7 +402,10 @@ class PointEvaluator:
             with torch.no_grad(), self._autocast():  # the first call proves the shape-dependent
                 self.folded({**self.fixed, **centre}, *example_args, **example_kwargs)  # pairs
         self._forward_one = self._forward
-        self._forward_many = vmap(self._forward, in_dims=(0, None, None))
+        # vmap returns tensors (pytrees) only: several points at once keep the logits alone, all
+        # that a named loss reads (a custom loss, which may read more, runs one point per pass)
+        self._forward_many = vmap(lambda params, args, kwargs: logits_of(self._forward(params, args, kwargs)),
+                                  in_dims=(0, None, None))
         self.streams: Streams | None = None
         count, self.streams_reason = self._choose_streams(streams, compile)
         if count > 1:
@@ -427,7 +443,8 @@ class PointEvaluator:
 
     def _choose_streams(self, value, compile: str) -> tuple[int, str]:
         """How many points (or batches) run at once on CPU threads, and why (see ``streams``)."""
-        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value != "auto" and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                                    and value >= 1):
             raise LlvError(f"eval.streams must be auto or a whole number >= 1, got {value!r}")
         threads = torch.get_num_threads()
         count = threads if value == "auto" else int(value)
@@ -442,7 +459,7 @@ class PointEvaluator:
             why_not = "bn=recompute estimates statistics batch by batch"
         elif compile == "on":
             why_not = "compile=on (compiled code runs on one thread at a time)"
-        elif self.folded is not None and self.folded.not_folded.get("*", "").startswith("the model cannot be copied"):
+        elif self.folded is not None and not self.folded.copyable:
             why_not = "the model cannot be copied"
         elif value == "auto" and (callable(self.loss) or self.accuracy is not None):
             why_not = "a custom loss or accuracy may not be safe to call from several threads (streams=N runs it so)"
@@ -573,6 +590,10 @@ class PointEvaluator:
 
     def _evaluate_subsets(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """One point on growing seeded subsets until its standard error is small enough."""
+        with self.approx.point_lock(coefficients[0].detach().cpu().double().numpy()):
+            return self._evaluate_subsets_unlocked(coefficients)
+
+    def _evaluate_subsets_unlocked(self, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         params = self.point_tensors(coefficients)
         row = coefficients[0].detach().cpu().double().numpy()
         if self.bn_data:

@@ -213,6 +213,11 @@ class FoldedForward:
             out[f"{layer}.bias"] = bias.to(weight.dtype)
         return out
 
+    @property
+    def copyable(self) -> bool:
+        """Whether the model could be copied (else it runs as it is, and has no :meth:`replica`)."""
+        return self._original is None
+
     def replica(self) -> FoldedForward:
         """The same forward on its own copies of the modules, to run beside this one on another
         thread (:func:`torch.func.functional_call` swaps a module's tensors while it runs).

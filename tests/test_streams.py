@@ -251,3 +251,69 @@ def test_a_failure_stops_the_other_streams_within_a_batch(two_threads):
             thread.join()
     assert counter["calls"] <= 5, counter  # 3, plus at most one more batch per stream
     assert torch.get_num_threads() == 2
+
+
+class SlowConvBN(ConvBN):
+    def forward(self, x):
+        import time
+
+        time.sleep(0.002)  # the two streams' passes overlap
+        return super().forward(x)
+
+
+def test_one_kept_point_twice_in_a_call_is_continued_once_at_a_time(two_threads):
+    """A grid can hold one coefficient row twice (every ensemble member's centre) whose sums are
+    kept from the range estimate (``Approximation.remember``). Two streams must not continue
+    them at once: the values equal one stream's, and the kept stages are those of one run."""
+    from llv.batches import as_batches
+    from llv.evaluate import Approximation
+
+    torch.manual_seed(0)
+    model = SlowConvBN()
+    data = {"train": as_batches((torch.randn(64, 2, 6, 6), torch.randint(0, 3, (64,))), batch_size=8)}
+    space = ParameterSpace.of(model, "weights")
+    base = dict(zip(space.names, space.values(model)))
+    directions = torch.randn(2, space.numel) * 0.01
+    row = torch.tensor([[0.5, -0.5]], dtype=torch.float64)
+    results, memos = {}, {}
+    for streams in (1, 2):
+        approx = Approximation(target_se=0.01, start=8, batch_size=8, scale=1e-9)  # whole split
+        evaluator = PointEvaluator(model, space, base, directions, data, fold=False,
+                                   approx=approx, streams=streams)
+        approx.remember(row)
+        results[streams] = evaluator.evaluate(torch.cat([row, row]))
+        memos[streams] = approx.memo("train", row[0].numpy())
+        assert (evaluator.streams is not None) == (streams == 2)
+    assert [m[-1] for m in memos[1]] == [8, 16, 32, 64]
+    assert memos[2] == memos[1]
+    for key in results[1]:
+        assert torch.equal(results[1][key], results[2][key]), key
+    assert lock_is_per_point(Approximation(), row)
+
+
+def lock_is_per_point(approx, row) -> bool:
+    approx.remember(row)
+    first, again = approx.point_lock(row[0].numpy()), approx.point_lock(row[0].numpy())
+    other = approx.point_lock(np.array([9.0, 9.0]))
+    return first is again and hasattr(first, "acquire") and not hasattr(other, "acquire")
+
+
+class NamespaceOutput(ConvBN):
+    """Returns an object with ``.logits`` (not a pytree), as some model libraries do."""
+
+    def forward(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=super().forward(x), hidden=None)
+
+
+def test_several_points_per_pass_take_the_logits_of_an_output_object(case):
+    """vmap returns pytrees only: with points_per_batch > 1 an output object with ``.logits``
+    failed; the vmapped pass now keeps the logits, the values are one-point passes' to 1e-6."""
+    _, data = case
+    torch.manual_seed(0)
+    model = NamespaceOutput()
+    one = _surface(model, data, points_per_batch=1, streams=1)
+    many = _surface(model, data, points_per_batch=3, streams=1)
+    np.testing.assert_allclose(many["train_loss"], one["train_loss"], rtol=1e-6)
+    np.testing.assert_array_equal(many["train_acc"], one["train_acc"])
