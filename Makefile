@@ -24,7 +24,7 @@ demo: setup
 
 # The suite, then every docstring example of the package (pytest --doctest-modules llv).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 	$(BIN)/python -m pytest -q --doctest-modules llv -p no:cacheprovider
 
 # Including the slow tests (paper presets, long distributed runs).
