@@ -195,14 +195,8 @@ def load_file(path: str | Path) -> Directions:
 def file_digest(path: str | Path) -> str | None:
     """The SHA-256 of the directions in a direction file (llv records it; computed for the
     reference's files); None for a file that is not one."""
-    from llv.h5 import open_h5
-
     try:
-        with open_h5(path, "a direction file") as f:
-            recorded = f.attrs.get("sha256")
-        if recorded is not None:
-            return recorded.decode() if isinstance(recorded, bytes) else str(recorded)
-        return load_file(path).digest()
+        return direction_file.recorded_digest(path) or load_file(path).digest()
     except (LlvError, OSError, KeyError, ValueError):
         return None
 

@@ -196,17 +196,13 @@ def save_directions_beside(directions, path: Path) -> Path:
 
 
 def find_dir_file(path: Path | None, attrs: dict) -> Path | None:
-    """A result's ``dir_file``: beside the result (a name, as :meth:`Surface.save` records it),
-    as recorded (the command line records the path it used), or its name beside the result;
-    the first of these that holds the directions the result records (``direction_sha256``)."""
-    name = attrs.get("dir_file")
-    if not name:
-        return None
-    recorded = Path(str(name))
-    folder = Path(path).parent if path is not None else Path()
+    """A result's ``dir_file`` (:func:`llv.storage.directions.dir_file_candidates`): the first
+    place that holds the directions the result records (``direction_sha256``)."""
+    from llv.storage.directions import dir_file_candidates
+
     expected = attrs.get("direction_sha256")
-    for candidate in dict.fromkeys((folder / recorded, recorded, folder / recorded.name)):
-        if candidate.is_file() and (not expected or file_digest(candidate) == expected):
+    for candidate in dir_file_candidates(path, attrs):
+        if not expected or file_digest(candidate) == expected:
             return candidate
     return None
 

@@ -124,37 +124,23 @@ def directions_digest(path: Path | None, attrs: dict) -> tuple[str | None, Path 
     """``(SHA-256, direction file)`` of the directions a result was computed along: its
     ``direction_sha256`` attribute, else the ``sha256`` attribute of its ``dir_file`` (computed
     from the file's tensors for a direction file without one); either may be None."""
-    found = _dir_file(path, attrs)
+    from llv.storage.directions import dir_file_candidates, recorded_digest
+
+    found = next(iter(dir_file_candidates(path, attrs)), None)
     recorded = attrs.get("direction_sha256")
     if recorded:
         return str(recorded), found
     if found is None:
         return None, None
     try:
-        from llv.h5 import open_h5
-
-        with open_h5(found, "a direction file") as h5:
-            digest = h5.attrs.get("sha256")
+        digest = recorded_digest(found)
     except (LlvError, OSError):
         return None, found
     if digest is None:  # a reference direction file: hash its tensors (reads torch, rarely)
         from llv.direction import file_digest
 
         return file_digest(found), found
-    return (digest.decode() if isinstance(digest, bytes) else str(digest)), found
-
-
-def _dir_file(path: Path | None, attrs: dict) -> Path | None:
-    """A result's ``dir_file``: beside the result, as recorded, or its name beside the result."""
-    name = attrs.get("dir_file")
-    if not name:
-        return None
-    recorded = Path(str(name))
-    folder = Path(path).parent if path is not None else Path()
-    for candidate in dict.fromkeys((folder / recorded, recorded, folder / recorded.name)):
-        if candidate.is_file():
-            return candidate
-    return None
+    return digest, found
 
 
 def check_same_directions(projection: Projection, surface: Surface) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from llv.errors import LlvError
 from llv.h5 import atomic_h5, encode_attr, open_h5, read_attrs
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: figures read digests without it
+    import torch
 
 FILE = "directions.h5"
 
@@ -69,6 +72,8 @@ def read(path: str | Path, names: Sequence[str], shapes: Sequence, space_type: s
 
 
 def _read_axis(group, names, shapes, space_type: str, path: Path) -> list[torch.Tensor]:
+    import torch
+
     count = len(group.keys())
     if count != len(names):
         other = "states" if space_type == "weights" else "weights"
@@ -82,3 +87,31 @@ def _read_axis(group, names, shapes, space_type: str, path: Path) -> list[torch.
                            f"the model's is {list(shape)}")
         tensors.append(data)
     return tensors
+
+
+def recorded_digest(path: str | Path) -> str | None:
+    """The SHA-256 llv records in a direction file's ``sha256`` attribute (None for a reference
+    file, which records none); reads no tensors and needs no torch.
+
+    Raises:
+        LlvError: the file cannot be opened as HDF5.
+    """
+    with open_h5(path, "a direction file") as f:
+        value = f.attrs.get("sha256")
+    return None if value is None else (value.decode() if isinstance(value, bytes) else str(value))
+
+
+def dir_file_candidates(path: str | Path | None, attrs: dict) -> list[Path]:
+    """Where a result's ``dir_file`` may be, in order: beside the result (a name, as
+    ``Surface.save`` records it), as recorded (the command line records the path it used), or
+    its name beside the result; only those that are files.
+
+    >>> dir_file_candidates(None, {})
+    []
+    """
+    name = attrs.get("dir_file")
+    if not name:
+        return []
+    recorded = Path(str(name))
+    folder = Path(path).parent if path is not None else Path()
+    return [c for c in dict.fromkeys((folder / recorded, recorded, folder / recorded.name)) if c.is_file()]
