@@ -221,3 +221,26 @@ def test_cli_interpolate_trains_a_curve_and_resumes_it(tmp_path):
     assert (out / "curve" / "curve_epoch_002.pt").stat().st_mtime_ns == kept  # resumed, not redone
     assert all(torch.equal(again.control[k], first.control[k]) for k in first.control)
     np.testing.assert_array_equal(again.curve_loss, first.curve_loss)
+
+
+def test_cli_curve_plane_computes_with_the_eval_keys(tmp_path):
+    """``curve.plane=n`` evaluates its surface with ``eval.*`` as every other grid does: the
+    precision, fold and streams given are those the plane's file records."""
+    import h5py
+    from conftest import save_tiny_checkpoint, tiny_overrides
+
+    from llv.config import compose
+    from llv.tasks import interpolate
+
+    a = save_tiny_checkpoint(tmp_path, seed=0, name="a.pt")
+    b = save_tiny_checkpoint(tmp_path, seed=1, name="b.pt")
+    out = tmp_path / "run"
+    cfg = compose("interpolate", [*tiny_overrides(tmp_path), f"checkpoint={a}", f"checkpoint2={b}",
+                                  "path=bezier", "curve.epochs=1", "curve.batch_size=16", "curve.points=3",
+                                  "curve.plane=3", "curve.bn=stored", "eval.precision=fp64", "eval.fold=false",
+                                  "eval.streams=2", f"out={out}"])
+    interpolate.run(cfg.copy())
+    with h5py.File(out / "curve_plane.h5") as f:
+        assert f.attrs["precision"] == "fp64"
+        assert int(f.attrs["bn_folded"]) == 0
+        assert int(f.attrs["streams"]) == 2

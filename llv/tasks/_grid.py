@@ -213,13 +213,10 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
     recorded = (session.checkpoint_meta or {}).get("metrics") or {}
     result = api.surface(
         session.model, data, x=grid.x, y=grid.y, directions=directions, loss=str(cfg.loss), bn=bn,
-        bn_data=bn_data, device=session.device, type=space.type,
-        points_per_batch=int(e.points_per_batch), precision=str(e.precision),
-        channels_last=e.get("channels_last", "auto"), path=session.run_dir / filename,
-        fold=bool(e.get("fold", True)), compile=_compile_mode(e.get("compile", "auto")),
-        streams=_streams(e.get("streams", "auto")), approx=bool(e.get("approx", False)), target_se=float(e.get("target_se", 0.005)),
+        bn_data=bn_data, device=session.device, type=space.type, path=session.run_dir / filename,
+        **point_options(e), approx=bool(e.get("approx", False)), target_se=float(e.get("target_se", 0.005)),
         approx_rel_tol=e.get("approx_rel_tol"), approx_start=int(e.get("approx_start", 128)),
-        resume=session.existing is not None, comm=session.comm, chunk_points=int(e.chunk_points),
+        resume=session.existing is not None, comm=session.comm,
         stop_after=cfg.get("stop_after_points"), eps=float(cfg.summary.eps),
         attrs={**run_attrs(session, directions, dir_file), **(extra_attrs or {})},
         probe=str(cfg.get("probe", True)), recorded_metrics=recorded if e.max_samples is None else {},
@@ -228,6 +225,15 @@ def compute_surface(session: Session, grid: GridSpec, filename: str = "surface.h
     if result is not None and result.complete and space.type == "weights" and cfg.summary.get("cross_check", True):
         cross_check_curvature(session, directions, result, data)
     return result
+
+
+def point_options(e) -> dict:
+    """``eval``'s keys on how points are computed (and their precision), as
+    :func:`llv.api.surface` options."""
+    return {"points_per_batch": int(e.points_per_batch), "precision": str(e.precision),
+            "channels_last": e.get("channels_last", "auto"), "fold": bool(e.get("fold", True)),
+            "compile": _compile_mode(e.get("compile", "auto")), "streams": _streams(e.get("streams", "auto")),
+            "chunk_points": int(e.chunk_points)}
 
 
 def auto_options(cfg) -> dict:

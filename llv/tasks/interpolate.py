@@ -40,7 +40,7 @@ def run_curve(cfg):
     (``curve_plane.h5``, ``curve_plane.png``). Returns ``curve.h5``'s path."""
     from llv import api
     from llv.curves import plot_curve_plane
-    from llv.tasks._grid import _state_of
+    from llv.tasks._grid import _state_of, point_options
 
     with running(cfg, None, prepare=_prepare) as session:
         cfg, c = session.cfg, session.cfg.curve
@@ -67,7 +67,8 @@ def run_curve(cfg):
             surface = api.surface(session.model, {"train": data["train"]}, x=(x0, x1, int(c.plane)),
                                   y=(y0, y1, int(c.plane)), directions=through.directions, loss=str(cfg.loss),
                                   bn=str(c.bn), device=session.device, path=session.run_dir / "curve_plane.h5",
-                                  attrs={"command": "surface", "checkpoint2": str(cfg.checkpoint2)})
+                                  attrs={"command": "surface", "checkpoint2": str(cfg.checkpoint2)},
+                                  **point_options(cfg.eval))
             if cfg.get("plot", True):
                 plot_curve_plane(surface, through).figure.savefig(session.run_dir / "curve_plane.png", dpi=150)
         return path
