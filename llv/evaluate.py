@@ -553,6 +553,7 @@ class PointEvaluator:
             correct = torch.zeros_like(total)
 
             in_streams = (self.streams is not None and not vmapped and len(batches) > 1
+                          and batches.resident  # streamed data: one batch in memory at a time
                           and getattr(self.streams.local, "runner", None) is None)
             if vmapped:
                 forward = partial(self._forward_many, params)

@@ -317,3 +317,27 @@ def test_several_points_per_pass_take_the_logits_of_an_output_object(case):
     many = _surface(model, data, points_per_batch=3, streams=1)
     np.testing.assert_allclose(many["train_loss"], one["train_loss"], rtol=1e-6)
     np.testing.assert_array_equal(many["train_acc"], one["train_acc"])
+
+
+def test_streamed_batches_of_one_point_are_not_all_loaded_at_once(case):
+    """Batches that are moved to the device one at a time (``resident=False``) stay one at a
+    time: a single point runs them in order on one stream rather than listing them all."""
+    from llv.batches import Batches, as_batches
+
+    model, data = case
+    resident = as_batches(data, batch_size=8)
+    streamed = Batches(resident.stored, resident.num_examples, resident.device, resident=False)
+    space = ParameterSpace.of(model, "weights")
+    base = dict(zip(space.names, space.values(model)))
+    directions = torch.randn(2, space.numel)
+    results = {}
+    for name, batches in (("resident", resident), ("streamed", streamed)):
+        evaluator = PointEvaluator(model, space, base, directions, {"train": batches}, streams=2)
+        calls = []
+        original = evaluator.streams.map
+        evaluator.streams.map = (lambda fn, items, calls=calls, original=original:
+                                 calls.append(len(items)) or original(fn, items))
+        results[name] = evaluator.evaluate(torch.tensor([[0.3, -0.2]]))
+        assert calls == ([5] if name == "resident" else [])
+    for key in results["resident"]:
+        assert torch.equal(results["resident"][key], results["streamed"][key]), key
