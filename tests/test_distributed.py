@@ -358,6 +358,7 @@ def _resume_and_compare(reference, out, slow, launcher, ranks, killed):
     assert killed["done"].sum() < values["done"].sum() == 81
 
 
+@pytest.mark.slow  # 30 s; world sizes (test_world_sizes_agree) and in-process stop/resume (test_reliability) stay in make test
 def test_killed_run_resumes_with_another_world_size(reference, tmp_path):
     out, slow, killed, _ = _kill_mid_way(reference, tmp_path, "mpi", 2, victim=None)
     _resume_and_compare(reference, out, slow, "torch", 3, killed)

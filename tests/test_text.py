@@ -235,6 +235,7 @@ def test_llv_train_tiny_lm_on_text_lowers_the_loss(tmp_path):
     assert 0 <= float(rows[-1]["test_acc"]) <= 100
 
 
+@pytest.mark.slow  # 11 s in a clean clone: make test runs near its 10-minute budget
 def test_llv_surface_tiny_lm_centre_equals_a_direct_evaluation(tmp_path):
     from llv.checkpoint import load_into, save_checkpoint
     from llv.config import compose
