@@ -29,7 +29,7 @@ from torch.func import functional_call, vmap
 
 from llv.batches import Batches, per_example_values, split_batch
 from llv.errors import LlvError
-from llv.fold import FoldedForward
+from llv.fold import FoldedForward, has_forward_hooks
 from llv.losses import check_loss, has_accuracy, logits_of, per_example_correct, per_example_loss
 from llv.params import ParameterSpace, eval_mode, flatten, full_state, unflatten
 
@@ -235,16 +235,6 @@ def floored_points(points: PointMap, floors: dict[str, torch.Tensor], coefficien
     return hit.cpu()
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    """Whether any module of ``model`` (or every module, globally) has forward hooks."""
-    from torch.nn.modules import module as module_globals
-
-    if any(getattr(module_globals, name, None) for name in
-           ("_global_forward_hooks", "_global_forward_pre_hooks")):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-
 class Streams:
     """Runs tasks on ``count`` CPU threads at once, each with its own copy of the forward pass and
     ``torch.set_num_threads(intra)`` intra-op threads (1 when ``count`` is the thread count).
@@ -260,10 +250,10 @@ class Streams:
     stop takes effect within one batch, not one point.
     """
 
-    def __init__(self, count: int, intra: int, make_replica: Callable[[], object]):
+    def __init__(self, count: int, intra: int, make_replica: Callable[[], object], ready: Sequence = ()):
         self.count, self.intra = int(count), int(intra)
         self._make_replica = make_replica
-        self._free: list = []
+        self._free: list = list(ready)  # replicas made already
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
         self.local = threading.local()  # .runner: the replica the current thread runs
@@ -407,10 +397,10 @@ class PointEvaluator:
         self._forward_many = vmap(lambda params, args, kwargs: logits_of(self._forward(params, args, kwargs)),
                                   in_dims=(0, None, None))
         self.streams: Streams | None = None
-        count, self.streams_reason = self._choose_streams(streams, compile)
+        count, self.streams_reason, ready = self._choose_streams(streams, compile)
         if count > 1:
             compile = "off"
-            self.streams = Streams(count, max(1, torch.get_num_threads() // count), self._replica)
+            self.streams = Streams(count, max(1, torch.get_num_threads() // count), self._replica, ready)
         self.compile = self._choose_compile(compile, expected_points)
 
     def _forward(self, params, args, kwargs):
@@ -441,8 +431,9 @@ class PointEvaluator:
             return runner
         return self.folded if self.folded is not None else self.model
 
-    def _choose_streams(self, value, compile: str) -> tuple[int, str]:
-        """How many points (or batches) run at once on CPU threads, and why (see ``streams``)."""
+    def _choose_streams(self, value, compile: str) -> tuple[int, str, list]:
+        """How many points (or batches) run at once on CPU threads, why (see ``streams``), and
+        the replicas made while deciding (an unfolded model's copy proves it can be copied)."""
         if value != "auto" and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
                                     and value >= 1):
             raise LlvError(f"eval.streams must be auto or a whole number >= 1, got {value!r}")
@@ -463,16 +454,18 @@ class PointEvaluator:
             why_not = "the model cannot be copied"
         elif value == "auto" and (callable(self.loss) or self.accuracy is not None):
             why_not = "a custom loss or accuracy may not be safe to call from several threads (streams=N runs it so)"
-        elif value == "auto" and _has_hooks(self.model):
+        elif value == "auto" and has_forward_hooks(self.model):
             why_not = "the model has forward hooks (streams=N runs copies of them at once)"
         if why_not:
-            return 1, why_not
+            return 1, why_not, []
+        ready = []
         if self.folded is None:
             try:
-                copy.deepcopy(self.model)
+                ready.append(self._replica())
             except Exception as error:
-                return 1, f"the model cannot be copied ({type(error).__name__})"
-        return count, f"{count} points (or one point's batches) at once, each op on {max(1, threads // count)} thread(s)"
+                return 1, f"the model cannot be copied ({type(error).__name__})", []
+        return (count, f"{count} points (or one point's batches) at once, each op on "
+                f"{max(1, threads // count)} thread(s)", ready)
 
     def _replica(self) -> FoldedForward | nn.Module:
         """The forward on its own copy of the modules (see :meth:`_runner`)."""

@@ -414,6 +414,12 @@ def _has_forward_hooks(module: nn.Module) -> bool:
     return bool(_forward_hook_kinds(module))
 
 
+def has_forward_hooks(model: nn.Module) -> bool:
+    """Whether any module of ``model`` has forward (pre-)hooks, or every module has (global
+    hooks): copies of such a model run its hooks too."""
+    return _global_forward_hooks() or any(_has_forward_hooks(m) for m in model.modules())
+
+
 def _global_forward_hooks() -> bool:
     """Whether forward hooks for every module are registered (``register_module_forward_hook``)."""
     hooks = torch.nn.modules.module

@@ -160,7 +160,7 @@ def test_compile_on_runs_one_stream_and_auto_compile_gives_way_to_streams(case, 
                                compile="auto", expected_points=10**6)
     assert evaluator.streams is not None and evaluator.streams.count == 2
     assert evaluator.compile is None  # auto never compiles beside streams
-    count, why = evaluator._choose_streams("auto", "on")
+    count, why, _ = evaluator._choose_streams("auto", "on")
     assert count == 1 and "compile=on" in why
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llv.errors import LlvError
-from llv.h5 import atomic_h5, encode_attr, open_h5, read_attrs
+from llv.h5 import atomic_h5, decode_attr, encode_attr, open_h5, read_attrs
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: figures read digests without it
     import torch
@@ -97,8 +97,8 @@ def recorded_digest(path: str | Path) -> str | None:
         LlvError: the file cannot be opened as HDF5.
     """
     with open_h5(path, "a direction file") as f:
-        value = f.attrs.get("sha256")
-    return None if value is None else (value.decode() if isinstance(value, bytes) else str(value))
+        value = decode_attr(f.attrs.get("sha256"))
+    return None if value is None else str(value)
 
 
 def dir_file_candidates(path: str | Path | None, attrs: dict) -> list[Path]:
